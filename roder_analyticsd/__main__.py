@@ -1,0 +1,3 @@
+from roder_analyticsd.cli import main
+
+main()

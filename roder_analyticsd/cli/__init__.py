@@ -1,0 +1,87 @@
+"""`roder-analyticsd`: the daemon, the one-shot backfill and the sub-commands.
+
+Kept thin: each command parses options, calls into the package and prints.
+Heavy modules are imported inside commands so `--help` starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from roder_analyticsd import __version__
+from roder_analyticsd.cli.common import Failure, data_options, emit_json, run_async, settings_for
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--once", is_flag=True, help="Backfill once, then exit.")
+@click.option("--rebuild", is_flag=True, help="With --once: clear analytics rows and replay all.")
+@click.option(
+    "--best-effort", is_flag=True, help="Report and skip corrupt lines instead of failing."
+)
+@data_options
+@click.version_option(__version__, prog_name="roder-analyticsd")
+@click.pass_context
+def main(
+    ctx: click.Context, once: bool, rebuild: bool, best_effort: bool,
+    data_dir: Path | None, store: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Private, long-term usage analytics for the Roder coding agent.
+
+    With no sub-command, runs the daemon in the foreground: catches up on
+    every events.jsonl, then keeps the store current until SIGTERM/SIGINT.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = settings_for(data_dir, store)
+    if rebuild and not once:
+        raise click.UsageError("--rebuild goes with --once")
+    if once:
+        _once(settings, rebuild=rebuild, strict=not best_effort, as_json=as_json)
+        return
+    from roder_analyticsd.daemon import run_daemon
+
+    run_daemon(settings)
+
+
+@run_async
+async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None:
+    from roder_analyticsd.ingest import Report, StrictModeError, run_once
+    from roder_analyticsd.store.connection import open_store
+
+    if not settings.enabled:
+        click.echo(
+            "analytics is disabled ([analytics] enabled = false): nothing recorded", err=True
+        )
+        if as_json:
+            emit_json(Report().to_json())
+        return
+    conn = await open_store(settings.store)
+    try:
+        try:
+            report = await run_once(conn, settings, rebuild=rebuild, strict=strict)
+        except StrictModeError as exc:
+            raise Failure(f"{exc} (use --best-effort to skip bad lines)") from None
+    finally:
+        await conn.close()
+    if as_json:
+        emit_json(report.to_json())
+        return
+    for err in report.parse_errors:
+        click.echo(f"skipped {err.path}:{err.line}: {err.message}", err=True)
+    for ferr in report.file_errors:
+        click.echo(f"could not read {ferr.path}: {ferr.message}", err=True)
+    click.echo(
+        f"{report.files_scanned} files, {report.lines_ingested} lines ingested, "
+        f"{len(report.parse_errors)} skipped, {report.rollup_rows_refreshed} rollup rows refreshed"
+    )
+
+
+def _register() -> None:
+    from roder_analyticsd.cli import stats
+
+    main.add_command(stats.stats)
+
+
+_register()

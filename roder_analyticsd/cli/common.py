@@ -1,0 +1,83 @@
+"""Shared CLI plumbing: common options, clean errors, JSON output.
+
+Exit codes (cli.md): 0 success; 1 runtime failure; 2 bad usage or input.
+Expected failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROG = "roder-analyticsd"
+
+
+class Failure(click.ClickException):
+    """A runtime failure: exit 1 with a one-line reason."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"{PROG}: error: {self.format_message()}", err=True)
+
+
+def data_options(func: F) -> F:
+    """--data-dir / --store / --json, accepted on every command."""
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Machine-readable output on stdout."
+    )(func)
+    func = click.option(
+        "--store",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The SQLite store (default: [analytics].store, else <data-dir>/analytics/usage.sqlite3).",  # noqa: E501
+    )(func)
+    func = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="The Roder data dir (default: $RODER_CONFIG_DIR, $RODER_DATA_DIR, ~/.roder).",
+    )(func)
+    return func
+
+
+def settings_for(data_dir: Path | None, store: Path | None):
+    from roder_analyticsd.config import ConfigError, load_settings
+
+    try:
+        return load_settings(data_dir, store)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def run_async(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an async command body with anyio, mapping expected errors to exits."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlite3
+
+        import anyio
+
+        from roder_analyticsd.store.schema import StoreError
+
+        try:
+            return anyio.run(functools.partial(func, *args, **kwargs))
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        except sqlite3.OperationalError as exc:
+            raise Failure(f"store: {exc}") from None
+        except OSError as exc:
+            raise Failure(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+
+    return wrapper
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")

@@ -1,0 +1,212 @@
+"""Ingestion: the source, the stage chain and the writer, put together.
+
+`run_once` is `roder-analyticsd --once`; the live daemon reuses `Ingestor`
+for its catch-up and for every change the watcher reports.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from roder_analyticsd.config import Settings
+from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError, Rows
+from roder_analyticsd.pipeline.chain import run_pipeline, stages
+from roder_analyticsd.pipeline.source import (
+    FileError,
+    FileRead,
+    discover,
+    read_metadata,
+    read_new_lines,
+    relative,
+)
+from roder_analyticsd.store.maintenance import prune, refresh_rollups
+from roder_analyticsd.store.schema import ANALYTICS_TABLES
+from roder_analyticsd.store.writer import touched_days, write_rows
+
+WRITE_BATCH_ROWS = 20_000
+
+
+class StrictModeError(Exception):
+    """A corrupt line (or unreadable file) in strict mode: the run stops."""
+
+    def __init__(self, problem: ParseError | FileError) -> None:
+        self.problem = problem
+        if isinstance(problem, ParseError):
+            text = f"{problem.path}:{problem.line}: {problem.message}"
+        else:
+            text = f"{problem.path}: {problem.message}"
+        super().__init__(text)
+
+
+@dataclass(slots=True)
+class Report:
+    files_scanned: int = 0
+    lines_ingested: int = 0
+    lines_skipped_by_offset: int = 0
+    sessions_enriched: int = 0
+    parse_errors: list[ParseError] = field(default_factory=list)
+    file_errors: list[FileError] = field(default_factory=list)
+    unknown_kinds: Counter[str] = field(default_factory=Counter)
+    rows_pruned: int = 0
+    rollup_rows_refreshed: int = 0
+    days_touched: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "filesScanned": self.files_scanned,
+            "linesIngested": self.lines_ingested,
+            "linesSkippedByOffset": self.lines_skipped_by_offset,
+            "sessionsEnriched": self.sessions_enriched,
+            "parseErrors": [
+                {"path": e.path, "line": e.line, "message": e.message} for e in self.parse_errors
+            ],
+            "fileErrors": [{"path": e.path, "message": e.message} for e in self.file_errors],
+            "unknownKinds": dict(sorted(self.unknown_kinds.items())),
+            "rowsPruned": self.rows_pruned,
+            "rollupRowsRefreshed": self.rollup_rows_refreshed,
+        }
+
+
+async def load_checkpoints(conn: aiosqlite.Connection) -> dict[str, Checkpoint]:
+    sql = "SELECT dev, ino, path, offset, line_no, fp_len, fp_hash FROM files"
+    async with conn.execute(sql) as cur:
+        rows = await cur.fetchall()
+    out: dict[str, Checkpoint] = {}
+    for dev, ino, path, offset, line_no, fp_len, fp_hash in rows:
+        identity = FileIdentity(dev, ino)
+        out[identity.key] = Checkpoint(identity, path, offset, line_no, fp_len, fp_hash)
+    return out
+
+
+async def clear_analytics(conn: aiosqlite.Connection) -> None:
+    """For --rebuild: drop every analytics row and checkpoint, keep settings."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ANALYTICS_TABLES:
+            await conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+        await conn.commit()
+    except BaseException:
+        await conn.rollback()
+        raise
+
+
+def _merge(rows: Rows, more: Rows) -> None:
+    rows.sessions.extend(more.sessions)
+    rows.turns.extend(more.turns)
+    rows.tool_calls.extend(more.tool_calls)
+    rows.token_usage.extend(more.token_usage)
+    rows.activity.extend(more.activity)
+    rows.thread_owners.extend(more.thread_owners)
+
+
+class Ingestor:
+    """Feeds files through the stage chain into the store."""
+
+    def __init__(self, conn: aiosqlite.Connection, settings: Settings, *, strict: bool) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.strict = strict
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self.on_batch_written: list[Any] = []  # callbacks(batch_rows, checkpoints)
+
+    async def start(self) -> None:
+        self.checkpoints = await load_checkpoints(self.conn)
+
+    async def ingest(self, events: list[Path], metadata: list[Path], report: Report) -> None:
+        data_dir = self.settings.data_dir
+
+        async def produce(send: ObjectSendStream[Batch]) -> None:
+            async with send:
+                files, problems = read_metadata(metadata, data_dir)
+                report.file_errors.extend(problems)
+                if files:
+                    report.sessions_enriched += len(files)
+                    await send.send(Batch(path="metadata", metadata_files=files))
+                for path in events:
+                    outcome = FileRead(relative(path, data_dir))
+                    for batch in read_new_lines(path, data_dir, self.checkpoints, outcome):
+                        await send.send(batch)
+                    if outcome.identity is not None:
+                        report.files_scanned += 1
+                        report.lines_skipped_by_offset += outcome.skipped_lines
+                    if outcome.error is not None:
+                        report.file_errors.append(outcome.error)
+
+        await run_pipeline(produce, stages(self.settings.workspace_labels), self._writer(report))
+        if self.strict and report.file_errors:
+            raise StrictModeError(report.file_errors[0])
+
+    def _writer(self, report: Report):
+        async def consume(inbox: ObjectReceiveStream[Batch]) -> None:
+            async with inbox:
+                while True:
+                    try:
+                        first = await inbox.receive()
+                    except anyio.EndOfStream:
+                        return
+                    group = [first]
+                    # take whatever else is ready: one transaction for many chunks
+                    while sum(b.rows.count() for b in group) < WRITE_BATCH_ROWS:
+                        try:
+                            group.append(inbox.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    failure = None
+                    if self.strict:
+                        for i, batch in enumerate(group):
+                            if batch.errors:
+                                failure, group = batch.errors[0], group[:i]
+                                break
+                    await self._write(group, report)
+                    if failure is not None:
+                        raise StrictModeError(failure)
+
+        return consume
+
+    async def _write(self, group: list[Batch], report: Report) -> None:
+        if not group:
+            return
+        rows = Rows()
+        checkpoints: list[Checkpoint] = []
+        for batch in group:
+            _merge(rows, batch.rows)
+            checkpoints.extend(batch.checkpoints)
+        await write_rows(self.conn, rows, checkpoints)
+        for cp in checkpoints:
+            self.checkpoints[cp.identity.key] = cp
+        for batch in group:
+            report.lines_ingested += batch.lines_ingested
+            report.parse_errors.extend(batch.errors)
+            report.unknown_kinds.update(batch.unknown_kinds)
+        report.days_touched |= touched_days(rows)
+        for callback in self.on_batch_written:
+            callback(rows, checkpoints)
+
+
+async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report) -> None:
+    """After ingesting: apply retention, then refresh the touched days' rollups."""
+    report.rows_pruned += await prune(conn, settings.retention_days)
+    if report.days_touched:
+        report.rollup_rows_refreshed += await refresh_rollups(conn, report.days_touched)
+        report.days_touched = set()
+
+
+async def run_once(
+    conn: aiosqlite.Connection, settings: Settings, *, rebuild: bool, strict: bool
+) -> Report:
+    report = Report()
+    if rebuild:
+        await clear_analytics(conn)
+    ingestor = Ingestor(conn, settings, strict=strict)
+    await ingestor.start()
+    events, metadata = discover(settings.data_dir)
+    await ingestor.ingest(events, metadata, report)
+    await finish(conn, settings, report)
+    return report

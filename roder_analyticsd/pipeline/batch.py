@@ -1,0 +1,112 @@
+"""What flows between the stages: one `Batch` per chunk of input."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from roder_analyticsd.events import ThreadMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """A file's identity survives renames (archiving) but not replacement."""
+
+    dev: int
+    ino: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.dev}:{self.ino}"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a file has been consumed: just past its last complete line."""
+
+    identity: FileIdentity
+    path: str  # relative to the data dir
+    offset: int
+    line_no: int  # complete lines consumed so far
+    fp_len: int  # bytes covered by the fingerprint
+    fp_hash: str  # hash of the file's first fp_len bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    path: str
+    line: int
+    message: str
+
+
+class Event(msgspec.Struct, gc=False):
+    """A decoded, projected line: its kind, typed payload and time in ms."""
+
+    kind: str
+    payload: Any  # one of the payload Structs in roder_analyticsd.events, or None
+    at_ms: int
+    event_id: str
+    thread_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """A metadata.json after redaction: the workspace only as key + label."""
+
+    thread_id: str
+    workspace_key: str | None
+    workspace_label: str | None
+    provider: str | None
+    model: str | None
+    created_at_ms: int | None
+    updated_at_ms: int | None
+
+
+@dataclass(slots=True)
+class Rows:
+    """Parameter tuples for the writer's prepared upserts, table by table."""
+
+    sessions: list[tuple] = field(default_factory=list)
+    turns: list[tuple] = field(default_factory=list)
+    tool_calls: list[tuple] = field(default_factory=list)
+    token_usage: list[tuple] = field(default_factory=list)
+    activity: list[tuple] = field(default_factory=list)
+    thread_owners: list[tuple] = field(default_factory=list)
+
+    def count(self) -> int:
+        return (
+            len(self.sessions)
+            + len(self.turns)
+            + len(self.tool_calls)
+            + len(self.token_usage)
+            + len(self.activity)
+            + len(self.thread_owners)
+        )
+
+
+@dataclass(slots=True)
+class Batch:
+    """One unit of work; each stage fills in what the next one needs."""
+
+    # from the source
+    path: str = ""
+    first_line_no: int = 1  # 1-based number of lines[0]
+    lines: list[bytes] = field(default_factory=list)
+    metadata_files: list[tuple[str, bytes]] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    # from decode
+    events: list[Event] = field(default_factory=list)
+    metadata: list[ThreadMetadata] = field(default_factory=list)
+    errors: list[ParseError] = field(default_factory=list)
+    unknown_kinds: Counter[str] = field(default_factory=Counter)
+    lines_ingested: int = 0
+    # from redact
+    sessions: list[SessionFacts] = field(default_factory=list)
+    # from attribute: (event, activity tuple) pairs and thread ownership facts
+    activity: list[tuple] = field(default_factory=list)
+    thread_owners: list[tuple] = field(default_factory=list)
+    # from project
+    rows: Rows = field(default_factory=Rows)

@@ -1,0 +1,68 @@
+"""Wiring: the pure stages between the source and the writer, on anyio.
+
+Bounded memory-object streams connect the tasks, so a slow writer holds
+back the source (backpressure) and memory stays bounded. Work moves in
+Batches of many lines, never one event at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from roder_analyticsd.pipeline.attribute import attribute
+from roder_analyticsd.pipeline.batch import Batch
+from roder_analyticsd.pipeline.decode import decode
+from roder_analyticsd.pipeline.project import project
+from roder_analyticsd.pipeline.redact import WorkspaceLabels, redact
+
+Stage = Callable[[Batch], Batch]
+Producer = Callable[[ObjectSendStream[Batch]], Awaitable[None]]
+Consumer = Callable[[ObjectReceiveStream[Batch]], Awaitable[None]]
+
+STREAM_BUFFER = 4
+
+
+def stages(workspace_labels: WorkspaceLabels) -> list[Stage]:
+    return [decode, functools.partial(redact, mode=workspace_labels), attribute, project]
+
+
+def run_stages(batch: Batch, chain: Sequence[Stage]) -> Batch:
+    for stage in chain:
+        batch = stage(batch)
+    return batch
+
+
+async def _run_stage(
+    stage: Stage, inbox: ObjectReceiveStream[Batch], outbox: ObjectSendStream[Batch]
+) -> None:
+    async with inbox, outbox:
+        async for batch in inbox:
+            await outbox.send(stage(batch))
+
+
+async def run_pipeline(produce: Producer, chain: Sequence[Stage], consume: Consumer) -> None:
+    """Run source → each stage → sink as tasks until the source is done.
+
+    If the sink stops early (strict mode) the other tasks are cancelled; a
+    single failure is re-raised as itself rather than as an ExceptionGroup.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            send, recv = anyio.create_memory_object_stream[Batch](STREAM_BUFFER)
+            tg.start_soon(produce, send)
+            for stage in chain:
+                next_send, next_recv = anyio.create_memory_object_stream[Batch](STREAM_BUFFER)
+                tg.start_soon(_run_stage, stage, recv, next_send)
+                recv = next_recv
+            try:
+                await consume(recv)
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -1,0 +1,214 @@
+"""The source: finds event logs and reads their new complete lines.
+
+This is the only stage that reads input files. It streams each file from
+its checkpoint in bounded blocks and cuts the complete lines into chunks;
+an unfinished last line (no newline yet) is left for a later read.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError
+
+EVENT_DIRS = ("threads", "archived_threads")
+EVENTS_FILE = "events.jsonl"
+METADATA_FILE = "metadata.json"
+
+FINGERPRINT_BYTES = 1024
+READ_BLOCK = 1 << 20
+CHUNK_LINES = 4096
+CHUNK_BYTES = 4 << 20
+MAX_LINE_BYTES = 64 << 20  # longer lines are reported and skipped, never buffered whole
+
+
+@dataclass(frozen=True, slots=True)
+class FileError:
+    path: str
+    message: str
+
+
+def fingerprint(prefix: bytes) -> str:
+    return hashlib.blake2b(prefix, digest_size=16).hexdigest()
+
+
+def discover(data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Every events.jsonl and metadata.json under threads/ and archived_threads/."""
+    events: list[Path] = []
+    metadata: list[Path] = []
+    for sub in EVENT_DIRS:
+        root = data_dir / sub
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir():
+                    continue
+            except OSError:
+                continue
+            thread_dir = Path(entry.path)
+            events.append(thread_dir / EVENTS_FILE)
+            metadata.append(thread_dir / METADATA_FILE)
+    return events, metadata
+
+
+def relative(path: Path, data_dir: Path) -> str:
+    try:
+        return path.relative_to(data_dir).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def read_metadata(
+    paths: list[Path], data_dir: Path
+) -> tuple[list[tuple[str, bytes]], list[FileError]]:
+    files: list[tuple[str, bytes]] = []
+    problems: list[FileError] = []
+    for path in paths:
+        try:
+            files.append((relative(path, data_dir), path.read_bytes()))
+        except FileNotFoundError:
+            continue  # metadata.json may be missing; the thread dir may be gone
+        except NotADirectoryError:
+            continue
+        except OSError as exc:
+            problems.append(FileError(relative(path, data_dir), _describe(exc)))
+    return files, problems
+
+
+@dataclass(slots=True)
+class FileRead:
+    """What reading one file produced, beside its chunks."""
+
+    path: str
+    skipped_lines: int = 0  # lines before the checkpoint, not re-read
+    error: FileError | None = None
+    identity: FileIdentity | None = None
+
+
+def read_new_lines(
+    path: Path,
+    data_dir: Path,
+    checkpoints: dict[str, Checkpoint],
+    outcome: FileRead,
+    *,
+    chunk_lines: int = CHUNK_LINES,
+) -> Iterator[Batch]:
+    """Yield Batches of the complete lines past the file's checkpoint.
+
+    `checkpoints` is keyed by FileIdentity.key. A file whose identity is
+    known but whose first bytes changed, or that shrank below the
+    checkpoint, was replaced or truncated: it is read again from the start
+    (the upserts keep that exact).
+    """
+    rel = outcome.path
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed in finally, generator-scoped
+    except FileNotFoundError:
+        return  # thread dir vanished (or was archived) between scan and read
+    except NotADirectoryError:
+        return
+    except OSError as exc:
+        outcome.error = FileError(rel, _describe(exc))
+        return
+    try:
+        st = os.fstat(handle.fileno())
+        identity = FileIdentity(st.st_dev, st.st_ino)
+        outcome.identity = identity
+        prefix = handle.read(FINGERPRINT_BYTES)
+        known = checkpoints.get(identity.key)
+        offset, line_no = 0, 0
+        if (
+            known is not None
+            and known.fp_len <= len(prefix)
+            and fingerprint(prefix[: known.fp_len]) == known.fp_hash
+            and known.offset <= st.st_size
+        ):
+            offset, line_no = known.offset, known.line_no
+        outcome.skipped_lines = line_no
+        fp_len, fp_hash = len(prefix), fingerprint(prefix)
+        if known is not None and offset == st.st_size and known.path == rel:
+            return  # nothing new
+        handle.seek(offset)
+        yield from _chunks(handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines)
+        # a renamed (archived) file with nothing new still records its new path
+        if known is not None and known.path != rel and offset == st.st_size:
+            yield Batch(
+                path=rel,
+                checkpoints=[Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)],
+            )
+    except OSError as exc:
+        outcome.error = FileError(rel, _describe(exc))
+    finally:
+        handle.close()
+
+
+def _chunks(
+    handle, rel: str, identity: FileIdentity, offset: int, line_no: int,
+    fp_len: int, fp_hash: str, chunk_lines: int,
+) -> Iterator[Batch]:  # fmt: skip
+    carry = b""
+    lines: list[bytes] = []
+    first_line = line_no + 1
+    pending_bytes = 0
+    oversize: list[ParseError] = []
+    skipping = False  # inside a line longer than MAX_LINE_BYTES
+
+    def emit() -> Batch:
+        nonlocal lines, first_line, pending_bytes, oversize
+        cp = Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)
+        batch = Batch(path=rel, first_line_no=first_line, lines=lines, checkpoints=[cp])
+        batch.errors = oversize
+        lines, first_line, pending_bytes, oversize = [], line_no + 1, 0, []
+        return batch
+
+    while True:
+        block = handle.read(READ_BLOCK)
+        if not block:
+            break
+        data = carry + block if carry else block
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            line = data[start:nl]
+            start = nl + 1
+            offset += len(line) + 1
+            line_no += 1
+            if skipping:
+                skipping = False
+                if not lines:
+                    first_line = line_no + 1
+                continue
+            if not lines:
+                first_line = line_no
+            lines.append(line)
+            pending_bytes += len(line)
+            if len(lines) >= chunk_lines or pending_bytes >= CHUNK_BYTES:
+                yield emit()
+        carry = data[start:]
+        if len(carry) > MAX_LINE_BYTES and not skipping:
+            # a runaway line: report it, then drop bytes until its newline
+            oversize.append(
+                ParseError(rel, line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes")
+            )
+            skipping = True
+        if skipping:
+            offset += len(carry)
+            carry = b""
+    if lines or oversize:
+        yield emit()

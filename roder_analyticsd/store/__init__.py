@@ -1,0 +1,1 @@
+"""The SQLite store: schema and migrations, the batch writer, the queries."""

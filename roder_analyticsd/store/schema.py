@@ -1,0 +1,215 @@
+"""Schema and migrations. The store is a public interface (people open it
+with sqlite3, Datasette, notebooks): columns are only ever added.
+
+Merging is done by upserts (see writer.py) over columns that record *when*
+each fact was true, so rows converge to the same values whatever order the
+events arrive in and however often they are replayed. Derived values
+(`status`, `duration_ms`) are generated columns: they cannot disagree with
+the facts they are derived from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import aiosqlite
+
+MIGRATIONS: list[str] = [
+    # 1: the analytics tables, checkpoints, attribution, rollups
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    -- one row per events.jsonl: identity survives a rename (archiving)
+    CREATE TABLE files (
+        file_key TEXT PRIMARY KEY,          -- "dev:ino"
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        path TEXT NOT NULL,                 -- relative to the data dir, last seen
+        offset INTEGER NOT NULL,            -- just past the last complete line consumed
+        line_no INTEGER NOT NULL,           -- complete lines consumed
+        fp_len INTEGER NOT NULL,
+        fp_hash TEXT NOT NULL,              -- hash of the first fp_len bytes
+        updated_at_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE sessions (
+        thread_id TEXT PRIMARY KEY,
+        workspace_key TEXT,                 -- FNV-1a 64 of the path, whatever the label mode
+        workspace_label TEXT,               -- per [analytics].workspace_labels
+        workspace_at_ms INTEGER,
+        provider TEXT,
+        model TEXT,
+        model_at_ms INTEGER,
+        created_at_ms INTEGER,
+        updated_at_ms INTEGER
+    );
+
+    CREATE TABLE turns (
+        thread_id TEXT NOT NULL,
+        turn_id TEXT NOT NULL,
+        provider TEXT,
+        model TEXT,
+        model_at_ms INTEGER,                -- time of the InferenceStarted that set provider/model
+        runtime_profile TEXT,
+        started_at_ms INTEGER,
+        completed_at_ms INTEGER,
+        terminal_status TEXT,               -- completed | failed | interrupted | timeout
+        error_kind TEXT,
+        status TEXT GENERATED ALWAYS AS (COALESCE(terminal_status, 'running')) VIRTUAL,
+        PRIMARY KEY (thread_id, turn_id)
+    );
+    CREATE INDEX turns_started ON turns (started_at_ms);
+
+    CREATE TABLE tool_calls (
+        thread_id TEXT NOT NULL,
+        turn_id TEXT NOT NULL,
+        tool_id TEXT NOT NULL,
+        tool_name TEXT,
+        started_at_ms INTEGER,
+        completed_at_ms INTEGER,
+        is_error INTEGER NOT NULL DEFAULT 0,
+        duration_ms INTEGER GENERATED ALWAYS AS (completed_at_ms - started_at_ms) VIRTUAL,
+        status TEXT GENERATED ALWAYS AS (
+            CASE WHEN completed_at_ms IS NULL THEN 'running'
+                 WHEN is_error THEN 'error' ELSE 'success' END) VIRTUAL,
+        -- the day a call belongs to: its start, else its completion
+        at_ms INTEGER GENERATED ALWAYS AS (COALESCE(started_at_ms, completed_at_ms)) VIRTUAL,
+        PRIMARY KEY (thread_id, turn_id, tool_id)
+    );
+    CREATE INDEX tool_calls_by_tool ON tool_calls (tool_name, duration_ms);
+    CREATE INDEX tool_calls_at ON tool_calls (at_ms);
+
+    CREATE TABLE token_usage (
+        thread_id TEXT NOT NULL,
+        turn_id TEXT NOT NULL,
+        recorded_at_ms INTEGER NOT NULL,    -- the terminal event's time
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        cached_prompt_tokens INTEGER NOT NULL,
+        cache_creation_prompt_tokens INTEGER NOT NULL,
+        PRIMARY KEY (thread_id, turn_id)
+    );
+    CREATE INDEX token_usage_at ON token_usage (recorded_at_ms);
+
+    -- analytics.v2 attribution of local events; owner fields NULL where the
+    -- thread's owner decides them (resolved in the activity_v2 view)
+    CREATE TABLE activity (
+        event_id TEXT PRIMARY KEY,
+        thread_id TEXT,
+        turn_id TEXT,
+        occurred_at_ms INTEGER NOT NULL,
+        event_name TEXT NOT NULL,
+        module TEXT NOT NULL,
+        owner_module TEXT,
+        execution_kind TEXT,
+        loop_stage TEXT NOT NULL,
+        outcome TEXT,
+        error_category TEXT,
+        phase TEXT,
+        provider TEXT,
+        model TEXT
+    );
+    CREATE INDEX activity_at ON activity (occurred_at_ms);
+    CREATE INDEX activity_thread ON activity (thread_id);
+
+    CREATE TABLE thread_owners (
+        thread_id TEXT PRIMARY KEY,
+        owner_kind TEXT NOT NULL,           -- subagent | cron_job
+        parent_thread_id TEXT
+    );
+
+    -- per thread: who owns it, following subagent parents up the chain
+    CREATE VIEW thread_attribution AS
+    WITH RECURSIVE chain (thread_id, cur, depth) AS (
+        SELECT thread_id, thread_id, 0 FROM thread_owners
+        UNION ALL
+        SELECT c.thread_id, o.parent_thread_id, c.depth + 1
+        FROM chain c JOIN thread_owners o ON o.thread_id = c.cur
+        WHERE o.owner_kind = 'subagent' AND o.parent_thread_id IS NOT NULL AND c.depth < 32
+    )
+    SELECT o.thread_id,
+           CASE o.owner_kind WHEN 'subagent' THEN 'subagent' ELSE 'cron_job' END AS execution_kind,
+           CASE WHEN EXISTS (
+                    SELECT 1 FROM chain c JOIN thread_owners p ON p.thread_id = c.cur
+                    WHERE c.thread_id = o.thread_id AND p.owner_kind = 'cron_job')
+                THEN 'cron_job' ELSE 'session' END AS owner_module
+    FROM thread_owners o;
+
+    CREATE VIEW activity_v2 AS
+    SELECT a.event_id, a.thread_id, a.turn_id, a.occurred_at_ms, a.event_name, a.module,
+           COALESCE(a.owner_module, t.owner_module, 'session') AS owner_module,
+           COALESCE(a.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
+           a.loop_stage, a.outcome, a.error_category, a.phase, a.provider, a.model
+    FROM activity a LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
+
+    -- daily rollups (UTC days): scope 'all' (key ''), 'tool' (tool name),
+    -- 'model' (provider/model); recomputed for touched days only
+    CREATE TABLE daily_rollups (
+        day TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        turns INTEGER NOT NULL DEFAULT 0,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        tool_errors INTEGER NOT NULL DEFAULT 0,
+        tool_duration_ms INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_creation_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        refreshed_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (day, scope, key)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+ANALYTICS_TABLES = (
+    "sessions", "turns", "tool_calls", "token_usage", "activity", "thread_owners",
+    "daily_rollups", "files",
+)  # fmt: skip
+
+
+class StoreError(Exception):
+    """An expected store failure (locked, read-only, not a database...)."""
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the store to SCHEMA_VERSION; returns the version found."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"store schema version {found} is newer than this roder-analyticsd ({SCHEMA_VERSION})"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[version]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {version + 1}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (sqlite3.complete_statement aware)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
