@@ -79,9 +79,15 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
 
 
 def _register() -> None:
-    from roder_analyticsd.cli import stats
+    from roder_analyticsd.cli import data, serve, service, stats
 
     main.add_command(stats.stats)
+    main.add_command(data.export_cmd)
+    main.add_command(data.import_cmd)
+    main.add_command(serve.serve)
+    main.add_command(service.status)
+    main.add_command(service.install_service)
+    main.add_command(service.uninstall_service)
 
 
 _register()
