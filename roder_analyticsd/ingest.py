@@ -7,6 +7,7 @@ for its catch-up and for every change the watcher reports.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from roder_analyticsd.pipeline.source import (
 )
 from roder_analyticsd.store.maintenance import prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
-from roder_analyticsd.store.writer import touched_days, write_rows
+from roder_analyticsd.store.writer import write_rows
 
 WRITE_BATCH_ROWS = 20_000
 
@@ -103,14 +104,23 @@ def _merge(rows: Rows, more: Rows) -> None:
     rows.tool_calls.extend(more.tool_calls)
     rows.token_usage.extend(more.token_usage)
     rows.activity.extend(more.activity)
+    rows.activity_classes.extend(more.activity_classes)
     rows.thread_owners.extend(more.thread_owners)
 
 
 class Ingestor:
     """Feeds files through the stage chain into the store."""
 
-    def __init__(self, conn: aiosqlite.Connection, settings: Settings, *, strict: bool) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        settings: Settings,
+        *,
+        strict: bool,
+        flush_interval: float = 0.05,
+    ) -> None:
         self.conn = conn
+        self.flush_interval = flush_interval
         self.settings = settings
         self.strict = strict
         self.checkpoints: dict[str, Checkpoint] = {}
@@ -119,7 +129,14 @@ class Ingestor:
     async def start(self) -> None:
         self.checkpoints = await load_checkpoints(self.conn)
 
-    async def ingest(self, events: list[Path], metadata: list[Path], report: Report) -> None:
+    async def ingest(
+        self,
+        events: list[Path],
+        metadata: list[Path],
+        report: Report,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """`progress(files_read, files_total)` is called after each events file."""
         data_dir = self.settings.data_dir
 
         async def produce(send: ObjectSendStream[Batch]) -> None:
@@ -129,7 +146,7 @@ class Ingestor:
                 if files:
                     report.sessions_enriched += len(files)
                     await send.send(Batch(path="metadata", metadata_files=files))
-                for path in events:
+                for done, path in enumerate(events, 1):
                     outcome = FileRead(relative(path, data_dir))
                     for batch in read_new_lines(path, data_dir, self.checkpoints, outcome):
                         await send.send(batch)
@@ -138,37 +155,69 @@ class Ingestor:
                         report.lines_skipped_by_offset += outcome.skipped_lines
                     if outcome.error is not None:
                         report.file_errors.append(outcome.error)
+                    if progress is not None:
+                        progress(done, len(events))
 
-        await run_pipeline(produce, stages(self.settings.workspace_labels), self._writer(report))
+        await run_pipeline(
+            produce,
+            stages(self.settings.workspace_labels),
+            self._writer(report),
+        )
         if self.strict and report.file_errors:
             raise StrictModeError(report.file_errors[0])
 
     def _writer(self, report: Report):
         async def consume(inbox: ObjectReceiveStream[Batch]) -> None:
-            async with inbox:
-                while True:
-                    try:
-                        first = await inbox.receive()
-                    except anyio.EndOfStream:
-                        return
-                    group = [first]
-                    # take whatever else is ready: one transaction for many chunks
-                    while sum(b.rows.count() for b in group) < WRITE_BATCH_ROWS:
-                        try:
-                            group.append(inbox.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
+            # Double buffering: while one group is being committed (in the
+            # database thread), the next one is gathered here.
+            to_commit, committing = anyio.create_memory_object_stream[list[Batch]](1)
+            failure: ParseError | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._commit_loop, committing, report)
+                async with to_commit, inbox:
+                    while failure is None:
+                        group = await self._gather(inbox)
+                        if not group:
                             break
-                    failure = None
-                    if self.strict:
-                        for i, batch in enumerate(group):
-                            if batch.errors:
-                                failure, group = batch.errors[0], group[:i]
-                                break
-                    await self._write(group, report)
-                    if failure is not None:
-                        raise StrictModeError(failure)
+                        if self.strict:
+                            for i, batch in enumerate(group):
+                                if batch.errors:
+                                    failure, group = batch.errors[0], group[:i]
+                                    break
+                        if group:
+                            await to_commit.send(group)
+            # everything before the bad line is committed by now
+            if failure is not None:
+                raise StrictModeError(failure)
 
         return consume
+
+    async def _gather(self, inbox: ObjectReceiveStream[Batch]) -> list[Batch]:
+        """Batches until the group is full or the flush interval is up: few
+        large transactions for a flood, a quick write for a lone event."""
+        try:
+            first = await inbox.receive()
+        except anyio.EndOfStream:
+            return []
+        group = [first]
+        rows = first.rows.count()
+        deadline = anyio.current_time() + self.flush_interval
+        while rows < WRITE_BATCH_ROWS:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                try:
+                    more = await inbox.receive()
+                except anyio.EndOfStream:
+                    break
+                group.append(more)
+                rows += more.rows.count()
+                continue
+            break
+        return group
+
+    async def _commit_loop(self, groups: ObjectReceiveStream[list[Batch]], report: Report) -> None:
+        async with groups:
+            async for group in groups:
+                await self._write(group, report)
 
     async def _write(self, group: list[Batch], report: Report) -> None:
         if not group:
@@ -178,14 +227,14 @@ class Ingestor:
         for batch in group:
             _merge(rows, batch.rows)
             checkpoints.extend(batch.checkpoints)
-        await write_rows(self.conn, rows, checkpoints)
+        days = await write_rows(self.conn, rows, checkpoints)
         for cp in checkpoints:
             self.checkpoints[cp.identity.key] = cp
         for batch in group:
             report.lines_ingested += batch.lines_ingested
             report.parse_errors.extend(batch.errors)
             report.unknown_kinds.update(batch.unknown_kinds)
-        report.days_touched |= touched_days(rows)
+        report.days_touched |= days
         for callback in self.on_batch_written:
             callback(rows, checkpoints)
 
@@ -193,20 +242,26 @@ class Ingestor:
 async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report) -> None:
     """After ingesting: apply retention, then refresh the touched days' rollups."""
     report.rows_pruned += await prune(conn, settings.retention_days)
-    if report.days_touched:
-        report.rollup_rows_refreshed += await refresh_rollups(conn, report.days_touched)
-        report.days_touched = set()
+    # also refreshes days left dirty by an interrupted run
+    report.rollup_rows_refreshed += await refresh_rollups(conn, report.days_touched)
+    report.days_touched = set()
 
 
 async def run_once(
-    conn: aiosqlite.Connection, settings: Settings, *, rebuild: bool, strict: bool
+    conn: aiosqlite.Connection,
+    settings: Settings,
+    *,
+    rebuild: bool,
+    strict: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     report = Report()
     if rebuild:
         await clear_analytics(conn)
-    ingestor = Ingestor(conn, settings, strict=strict)
-    await ingestor.start()
     events, metadata = discover(settings.data_dir)
-    await ingestor.ingest(events, metadata, report)
+    # a backfill favours throughput: long flush interval, full batches
+    ingestor = Ingestor(conn, settings, strict=strict, flush_interval=1.0)
+    await ingestor.start()
+    await ingestor.ingest(events, metadata, report, progress)
     await finish(conn, settings, report)
     return report

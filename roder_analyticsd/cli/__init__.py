@@ -11,10 +11,21 @@ from pathlib import Path
 import click
 
 from roder_analyticsd import __version__
-from roder_analyticsd.cli.common import Failure, data_options, emit_json, run_async, settings_for
+from roder_analyticsd.cli.common import (
+    Failure,
+    OneLineErrors,
+    data_options,
+    emit_json,
+    run_async,
+    settings_for,
+)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=OneLineErrors,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--once", is_flag=True, help="Backfill once, then exit.")
 @click.option("--rebuild", is_flag=True, help="With --once: clear analytics rows and replay all.")
 @click.option(
@@ -57,10 +68,15 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
         if as_json:
             emit_json(Report().to_json())
         return
+    from roder_analyticsd.render import FileProgress
+
     conn = await open_store(settings.store)
     try:
         try:
-            report = await run_once(conn, settings, rebuild=rebuild, strict=strict)
+            with FileProgress(enabled=not as_json) as bar:  # stderr, on a terminal only
+                report = await run_once(
+                    conn, settings, rebuild=rebuild, strict=strict, progress=bar.update
+                )
         except StrictModeError as exc:
             raise Failure(f"{exc} (use --best-effort to skip bad lines)") from None
     finally:

@@ -29,6 +29,39 @@ class Failure(click.ClickException):
         click.echo(f"{PROG}: error: {self.format_message()}", err=True)
 
 
+class UsageProblem(click.UsageError):
+    """Bad usage or bad input: exit 2 with a one-line reason, no usage banner."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        message = " ".join(self.format_message().split())
+        click.echo(f"{PROG}: error: {message}", err=True)
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors (its own and its sub-commands') print one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    # `stats` with no sub-command shows its help: keep that as it is
+    if isinstance(exc, UsageProblem | click.exceptions.NoArgsIsHelpError):
+        return exc
+    return UsageProblem(exc.format_message(), exc.ctx)
+
+
 def data_options(func: F) -> F:
     """--data-dir / --store / --json, accepted on every command."""
     func = click.option(

@@ -1,14 +1,44 @@
-"""`roder-analyticsd stats …`: read-only questions over the store."""
+"""`roder-analyticsd stats …`: read-only questions over the store.
+
+Every query command takes the same filters (`query_options`) and turns them
+into a `queries.Filters` with `filters_from` before the store is opened, so
+bad usage exits 2 even when there is no store yet. `stats activity` and
+`stats fleet …` are added to this group by their own modules.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-from roder_analyticsd.cli.common import data_options, emit_json, run_async, settings_for
+from roder_analyticsd.cli.common import (
+    Failure,
+    UsageProblem,
+    data_options,
+    emit_json,
+    run_async,
+    settings_for,
+)
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+LIMIT_DEFAULT = 50
 LIMIT_CAP = 1000
+# kept in step with store/queries.py (not imported: `--help` stays light)
+GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+TOOL_SORTS = ("calls", "p95", "errors", "underused")
+SESSION_SORTS = ("recent", "tokens", "cost", "calls")
+ROLLUP_SCOPES = ("all", "tool", "model")
+
+COST_HELP = (
+    "costUsd is an estimate from the genai-prices table bundled with this install "
+    "(no network), each turn priced at its own time with prompt, completion, cache-read "
+    "and cache-write tokens billed separately; it is null when any turn counted in it "
+    "has a model whose price is unknown (never a made-up 0)."
+)
 
 
 @click.group()
@@ -16,67 +46,288 @@ def stats() -> None:
     """Answer questions about tokens, cost, tools and sessions."""
 
 
-def _filters(limit: int = 50):
+def query_options(func: F) -> F:
+    """The filters every query takes (cli.md), plus --data-dir/--store/--json."""
+    options = [
+        click.option(
+            "--since",
+            metavar="WHEN",
+            help="Start of the window, inclusive: 7d, 24h, 90m, YYYY-MM-DD (midnight in "
+            "--timezone) or RFC 3339.",
+        ),
+        click.option("--until", metavar="WHEN", help="End of the window, exclusive; same forms."),
+        click.option("--thread", metavar="ID", help="Only this thread."),
+        click.option(
+            "--tool",
+            metavar="NAME",
+            help="Only this tool's calls (and the turns, tokens and sessions that called it).",
+        ),  # fmt: skip
+        click.option("--provider", metavar="NAME", help="Only turns on this provider."),
+        click.option("--model", metavar="NAME", help="Only turns on this model."),
+        click.option("--workspace", metavar="LABEL", help="Only this workspace (label or key)."),
+        click.option(
+            "--limit",
+            type=int,
+            default=LIMIT_DEFAULT,
+            show_default=True,
+            help=f"At most this many rows (1–{LIMIT_CAP}).",
+        ),
+        click.option(
+            "--timezone",
+            "tz_name",
+            metavar="TZ",
+            default="UTC",
+            show_default=True,
+            help="IANA time zone for day/week/month boundaries and dates.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return data_options(func)
+
+
+def filters_from(opts: dict[str, Any], *, now_ms: int | None = None):
+    """Validate the query options into Filters; bad usage raises exit 2."""
     from roder_analyticsd.store.queries import Filters
+    from roder_analyticsd.timewindow import parse_bound, parse_timezone
 
+    limit = opts["limit"]
     if limit < 1 or limit > LIMIT_CAP:
-        raise click.UsageError(f"--limit must be between 1 and {LIMIT_CAP}")
-    return Filters(limit=limit)
-
-
-async def _query(settings, fn, *args):
-    from roder_analyticsd.store.connection import open_store
-
-    conn = await open_store(settings.store, readonly=True)
+        raise UsageProblem(f"--limit must be between 1 and {LIMIT_CAP} (got {limit})")
     try:
-        return await fn(conn, *args)
-    finally:
-        await conn.close()
+        tz = parse_timezone(opts["tz_name"])
+    except ValueError as exc:
+        raise UsageProblem(f"--timezone: {exc}") from None
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    bounds: dict[str, int | None] = {}
+    for name in ("since", "until"):
+        text = opts[name]
+        if text is None:
+            bounds[name] = None
+            continue
+        try:
+            bounds[name] = parse_bound(text, tz, now_ms)
+        except ValueError as exc:
+            raise UsageProblem(f"--{name}: {exc}") from None
+    since, until = bounds["since"], bounds["until"]
+    if since is not None and until is not None and since >= until:
+        raise UsageProblem("--since must be earlier than --until")
+    return Filters(
+        since_ms=since,
+        until_ms=until,
+        thread=opts["thread"],
+        tool=opts["tool"],
+        provider=opts["provider"],
+        model=opts["model"],
+        workspace=opts["workspace"],
+        limit=limit,
+        tz=tz,
+    )
+
+
+def query_store(opts: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(conn, *args)` on a read-only connection to the store."""
+    settings = settings_for(opts["data_dir"], opts["store"])
+
+    @run_async
+    async def run() -> Any:
+        import sqlite3
+
+        from roder_analyticsd.store.connection import describe_sqlite_error, open_store
+
+        conn = await open_store(settings.store, readonly=True)
+        try:
+            return await fn(conn, *args)
+        except sqlite3.DatabaseError as exc:  # e.g. not a database: seen at the first read
+            raise Failure(describe_sqlite_error(exc, settings.store)) from None
+        finally:
+            await conn.close()
+
+    return run()
+
+
+def _help(text: str) -> Callable[[F], F]:
+    def wrap(func: F) -> F:
+        func.__doc__ = text
+        return func
+
+    return wrap
 
 
 @stats.command()
-@data_options
-@click.option("--limit", type=int, default=50, show_default=True)
-def summary(data_dir: Path | None, store: Path | None, as_json: bool, limit: int) -> None:
-    """Totals: sessions, turns, tool calls, tokens, cost."""
+@query_options
+def summary(**opts: Any) -> None:
+    """Totals: sessions, turns, tool calls, tokens, cost.
+
+    sessionCount counts threads with a session record or activity in the
+    window. costUsd is null when any counted turn has a model whose price
+    is unknown.
+    """
     from roder_analyticsd.store import queries
 
-    settings = settings_for(data_dir, store)
-    result = run_async(_query)(settings, queries.summary, _filters(limit))
-    if as_json:
+    f = filters_from(opts)
+    result = query_store(opts, queries.summary, f)
+    if opts["as_json"]:
         emit_json(result)
-    else:
-        for key, value in result.items():
-            click.echo(f"{key}: {value}")
+        return
+    from roder_analyticsd import render
+
+    render.summary(result)
 
 
 @stats.command()
-@data_options
-@click.option("--limit", type=int, default=50, show_default=True)
-def tools(data_dir: Path | None, store: Path | None, as_json: bool, limit: int) -> None:
-    """Tool popularity, errors and latency percentiles."""
+@query_options
+@click.option(
+    "--sort",
+    type=click.Choice(TOOL_SORTS),
+    default="calls",
+    show_default=True,
+    help="calls: most calls first; p95: slowest p95 first; errors: most errors first; "
+    "underused: fewest calls first. Ties by name.",
+)
+@click.option(
+    "--min-calls",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Only tools called at least N times.",
+)
+def tools(sort: str, min_calls: int, **opts: Any) -> None:
+    """Tool popularity, errors and latency percentiles.
+
+    Percentiles are exact nearest-rank over the calls that have a duration
+    (both halves seen); avgDurationMs is their mean rounded to 3 decimals;
+    errorRate = errorCount / callCount rounded to 6 decimals.
+    """
     from roder_analyticsd.store import queries
 
-    settings = settings_for(data_dir, store)
-    result = run_async(_query)(settings, queries.tool_stats, _filters(limit))
-    emit_json(result)
+    f = filters_from(opts)
+    rows = query_store(opts, queries.tool_stats, f, sort, min_calls)
+    if opts["as_json"]:
+        emit_json(rows)
+        return
+    from roder_analyticsd import render
+
+    render.tools(rows, f.limit)
 
 
 @stats.command()
-@data_options
-@click.option("--limit", type=int, default=50, show_default=True)
+@query_options
 @click.option(
     "--group",
-    type=click.Choice(["day", "week", "month", "session", "provider", "model", "workspace"]),
+    type=click.Choice(GROUPS),
     default="day",
     show_default=True,
+    help="day/week/month in --timezone (ISO weeks), session = thread id; a missing "
+    "provider/model/workspace groups as (unknown).",
 )
-def tokens(
-    data_dir: Path | None, store: Path | None, as_json: bool, limit: int, group: str
-) -> None:
-    """Token spend grouped by time, session, provider, model or workspace."""
+@_help(
+    "Token spend and cost grouped by time, session, provider, model or workspace.\n\n"
+    "Ordered by totalTokens (most first), then group. " + COST_HELP
+)
+def tokens(group: str, **opts: Any) -> None:
     from roder_analyticsd.store import queries
 
-    settings = settings_for(data_dir, store)
-    result = run_async(_query)(settings, queries.token_groups, _filters(limit), group)
-    emit_json(result)
+    f = filters_from(opts)
+    rows = query_store(opts, queries.token_groups, f, group)
+    if opts["as_json"]:
+        emit_json(rows)
+        return
+    from roder_analyticsd import render
+
+    render.tokens(rows, group, f.limit)
+
+
+@stats.command()
+@query_options
+@click.option(
+    "--sort",
+    type=click.Choice(SESSION_SORTS),
+    default="recent",
+    show_default=True,
+    help="recent: last activity first; tokens / cost / calls: most first. Ties by thread id.",
+)
+@_help(
+    "Per-session turns, tool calls, tokens, tool time and cost.\n\n"
+    "Only rows that pass the filters are counted; a session with no token usage "
+    "costs 0. " + COST_HELP
+)
+def sessions(sort: str, **opts: Any) -> None:
+    from roder_analyticsd.store import queries
+
+    f = filters_from(opts)
+    rows = query_store(opts, queries.sessions, f, sort)
+    if opts["as_json"]:
+        emit_json(rows)
+        return
+    from roder_analyticsd import render
+
+    render.sessions(rows, f.tz, f.limit)
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("expected a comma-separated list of tool names")
+    return names
+
+
+@stats.command()
+@query_options
+@click.option(
+    "--registered",
+    required=True,
+    metavar="A,B,C",
+    callback=_names,
+    help="The tool names to check, comma-separated.",
+)
+def unused(registered: list[str], **opts: Any) -> None:
+    """Registered tools never called in the window, in the order given."""
+    from roder_analyticsd.store import queries
+
+    f = filters_from(opts)
+    names = query_store(opts, queries.unused_tools, f, registered)
+    if opts["as_json"]:
+        emit_json(names)
+        return
+    from roder_analyticsd import render
+
+    render.unused(names)
+
+
+@stats.command()
+@query_options
+@click.option(
+    "--scope",
+    type=click.Choice(ROLLUP_SCOPES),
+    help="Only rows of this scope: all (per day), tool (per tool), model (per provider/model).",
+)
+def rollups(scope: str | None, **opts: Any) -> None:
+    """Daily rollup rows (UTC days), newest first.
+
+    A day is listed when it overlaps --since/--until; --tool keeps that tool's
+    rows, --provider/--model the matching model rows. Rollups have no thread
+    or workspace, and their days are UTC.
+    """
+    from roder_analyticsd.store import queries
+
+    for name in ("thread", "workspace"):
+        if opts[name] is not None:
+            raise UsageProblem(f"--{name} does not apply to rollups (they are per day)")
+    f = filters_from(opts)
+    if not _is_utc(f.tz):
+        raise UsageProblem(
+            "rollups are UTC days; use `stats tokens --group day --timezone …` for local days"
+        )
+    rows = query_store(opts, queries.rollups, f, scope)
+    if opts["as_json"]:
+        emit_json(rows)
+        return
+    from roder_analyticsd import render
+
+    render.rollups(rows, f.limit)
+
+
+def _is_utc(tz: Any) -> bool:
+    key = str(getattr(tz, "key", tz)).upper().removeprefix("ETC/")
+    return key in ("UTC", "UCT", "UNIVERSAL", "ZULU", "GMT", "GMT0", "GMT+0", "GMT-0", "Z")

@@ -11,6 +11,7 @@ are exact whatever order the files arrive in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 from roder_analyticsd import events as ev
@@ -27,23 +28,80 @@ _FAILED_CATEGORY = {
 }
 
 
-def activity_id(thread_id: str | None, event_id: str, kind: str) -> str:
-    """A stable analytics.v2 eventId: replays of a line map to the same id."""
+def activity_id(thread_id: str | None, event_id: str, kind: str) -> int:
+    """A stable 64-bit id for the activity row of one source line.
+
+    Replays of a line map to the same id; the analytics.v2 eventId is its
+    16-hex-digit form (see `event_id_hex`).
+    """
     raw = f"{thread_id or ''}\x00{event_id}\x00{kind}".encode()
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+
+
+def event_id_hex(activity_id: int) -> str:
+    return f"{activity_id & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+# (eventName, module, ownerModule, executionKind, loopStage, outcome,
+#  errorCategory, phase, provider, model); owner fields None = the thread's owner
+_FIXED: dict[str, tuple] = {
+    "turn.started": (FEATURE, "session", None, None, "loop_start", None, None, None, None, None),
+    "tool.call_validation": (
+        ERROR, "session", None, None, "tool_prepare", "failed", "tool_param_error", None, None, None
+    ),
+    "turn.completed": (
+        FEATURE, "session", None, None, "loop_end", "success", None, None, None, None
+    ),
+    "turn.interrupted": (
+        FEATURE, "session", None, None, "loop_end", "aborted", None, None, None, None
+    ),
+    "turn.deadline_exceeded": (
+        ERROR, "session", None, None, "loop_end", "timeout", "loop_error", None, None, None
+    ),
+    "context.compaction_recorded": (
+        FEATURE, "session", None, "compaction", "module_event", "success", None, "compaction", None,
+        None,
+    ),
+    "automation.started": (
+        FEATURE, "cron_job", "cron_job", "cron_job", "loop_start", None, None, "started", None, None
+    ),
+    "automation.completed": (
+        FEATURE, "cron_job", "cron_job", "cron_job", "loop_end", "success", None, "completed", None,
+        None,
+    ),
+    "automation.failed": (
+        ERROR, "cron_job", "cron_job", "cron_job", "loop_end", "failed", "runtime_error", "failed",
+        None, None,
+    ),
+}  # fmt: skip
+_TOOL_OK = (FEATURE, "session", None, None, "tool_call", "success", None, None, None, None)
+_TOOL_ERROR = (
+    ERROR, "session", None, None, "tool_call", "failed", "tool_runtime_error", None, None, None
+)  # fmt: skip
+_APPROVED = (FEATURE, "session", None, None, "permission_check", "success", None, None, None, None)
+_DENIED = (
+    ERROR, "session", None, None, "permission_check", "denied", "permission_error", None, None, None
+)  # fmt: skip
 
 
 def classify(event: Event) -> tuple | None:
-    """(eventName, module, ownerModule, executionKind, loopStage, outcome,
-    errorCategory, phase, provider, model) for one event, or None."""
-    p = event.payload
+    """The analytics.v2 fields of one event (see _FIXED), or None if unmapped."""
     kind = event.kind
-    if isinstance(p, ev.TurnStarted):
-        return (FEATURE, "session", None, None, "loop_start", None, None, None, None, None)
+    fixed = _FIXED.get(kind)
+    if fixed is not None:
+        return fixed
+    p = event.payload
+    if isinstance(p, ev.ToolCallCompleted):
+        return _TOOL_ERROR if p.is_error else _TOOL_OK
     if isinstance(p, ev.InferenceStarted):
         provider = p.model.provider if p.model else None
         model = p.model.model if p.model else None
         return (FEATURE, "session", None, None, "model_request", None, None, None, provider, model)
+    if isinstance(p, ev.ApprovalResolved):
+        return _APPROVED if p.approved else _DENIED
+    if isinstance(p, ev.TurnFailed):
+        category = _FAILED_CATEGORY.get(p.error_kind or "", "runtime_error")
+        return (ERROR, "session", None, None, "loop_end", "failed", category, None, None, None)
     if isinstance(p, ev.InferenceRoutingDecision):
         fallback = p.decision is not None and p.decision.outcome == "fallback"
         sel = p.selected_selection
@@ -53,76 +111,52 @@ def classify(event: Event) -> tuple | None:
             "fallback" if fallback else "decision",
             sel.provider if sel else None, sel.model if sel else None,
         )  # fmt: skip
-    if isinstance(p, ev.ToolCallValidationRecorded):
-        return (ERROR, "session", None, None, "tool_prepare", "failed", "tool_param_error",
-                None, None, None)  # fmt: skip
-    if isinstance(p, ev.ApprovalResolved):
-        if p.approved:
-            return (FEATURE, "session", None, None, "permission_check", "success", None,
-                    None, None, None)  # fmt: skip
-        return (ERROR, "session", None, None, "permission_check", "denied", "permission_error",
-                None, None, None)  # fmt: skip
-    if isinstance(p, ev.ToolCallCompleted):
-        if p.is_error:
-            return (ERROR, "session", None, None, "tool_call", "failed", "tool_runtime_error",
-                    None, None, None)  # fmt: skip
-        return (FEATURE, "session", None, None, "tool_call", "success", None, None, None, None)
-    if isinstance(p, ev.TurnCompleted):
-        return (FEATURE, "session", None, None, "loop_end", "success", None, None, None, None)
-    if isinstance(p, ev.TurnFailed):
-        category = _FAILED_CATEGORY.get(p.error_kind or "", "runtime_error")
-        return (ERROR, "session", None, None, "loop_end", "failed", category, None, None, None)
-    if kind == "turn.interrupted":
-        return (FEATURE, "session", None, None, "loop_end", "aborted", None, None, None, None)
-    if kind == "turn.deadline_exceeded":
-        return (ERROR, "session", None, None, "loop_end", "timeout", "loop_error",
-                None, None, None)  # fmt: skip
-    if isinstance(p, ev.ContextCompactionRecorded):
-        return (FEATURE, "session", None, "compaction", "module_event", "success", None,
-                "compaction", None, None)  # fmt: skip
-    if isinstance(p, ev.AutomationEvent):
-        stage = kind.rsplit(".", 1)[1]
-        if stage == "failed":
-            return (ERROR, "cron_job", "cron_job", "cron_job", "loop_end", "failed",
-                    "runtime_error", stage, None, None)  # fmt: skip
-        loop_stage = "loop_start" if stage == "started" else "loop_end"
-        outcome = None if stage == "started" else "success"
-        return (FEATURE, "cron_job", "cron_job", "cron_job", loop_stage, outcome, None,
-                stage, None, None)  # fmt: skip
     if kind.startswith("memory."):
         return (FEATURE, "memory", "memory", "memory", "module_event", None, None,
                 kind.split(".", 1)[1], None, None)  # fmt: skip
     return None
 
 
-def _thread_of(event: Event) -> str | None:
-    thread_id = getattr(event.payload, "thread_id", None)
-    if isinstance(event.payload, ev.AutomationEvent):
-        thread_id = event.payload.run.thread_id
-    return thread_id or event.thread_id
+@functools.lru_cache(maxsize=1024)
+def class_row(fields: tuple) -> tuple:
+    """(class_id, *fields) for one classification (the first eight fields);
+    class_id is a stable 64-bit hash, the same in every store."""
+    raw = "\x00".join("" if f is None else f for f in fields).encode()
+    cid = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    return (cid, *fields)
 
 
-def _turn_of(event: Event) -> str | None:
-    if isinstance(event.payload, ev.AutomationEvent):
-        return event.payload.run.turn_id
-    return getattr(event.payload, "turn_id", None)
+_FIXED_ROWS = {kind: class_row(fields[:8]) for kind, fields in _FIXED.items()}
 
 
 def attribute(batch: Batch) -> Batch:
     activity: list[tuple] = []
+    classes: dict[int, tuple] = {}
     owners: list[tuple] = []
     for event in batch.events:
         p = event.payload
-        if isinstance(p, ev.SubagentEvent):
-            owners.append((p.thread_id, "subagent", p.parent_thread_id))
-        elif isinstance(p, ev.AutomationEvent) and p.run.thread_id:
-            owners.append((p.run.thread_id, "cron_job", None))
-        fields = classify(event)
-        if fields is None:
-            continue
-        thread_id = _thread_of(event)
+        kind = event.kind
+        row = _FIXED_ROWS.get(kind)
+        provider = model = None
+        if isinstance(p, ev.AutomationEvent):
+            thread_id = p.run.thread_id or event.thread_id
+            if p.run.thread_id:
+                owners.append((p.run.thread_id, "cron_job", None))
+        else:
+            thread_id = getattr(p, "thread_id", None) or event.thread_id
+        if row is None:
+            if isinstance(p, ev.SubagentEvent):
+                owners.append((p.thread_id, "subagent", p.parent_thread_id))
+            fields = classify(event)
+            if fields is None:
+                continue
+            row = class_row(fields[:8])
+            provider, model = fields[8], fields[9]
+        classes[row[0]] = row
         activity.append(
-            (activity_id(thread_id, event.event_id, event.kind), thread_id, _turn_of(event),
-             event.at_ms, *fields)
+            (activity_id(thread_id, event.event_id, kind), thread_id, event.at_ms, row[0],
+             provider, model)
         )  # fmt: skip
-    return dataclasses.replace(batch, activity=activity, thread_owners=owners)
+    return dataclasses.replace(
+        batch, activity=activity, activity_classes=list(classes.values()), thread_owners=owners
+    )

@@ -74,6 +74,7 @@ class Rows:
     tool_calls: list[tuple] = field(default_factory=list)
     token_usage: list[tuple] = field(default_factory=list)
     activity: list[tuple] = field(default_factory=list)
+    activity_classes: list[tuple] = field(default_factory=list)
     thread_owners: list[tuple] = field(default_factory=list)
 
     def count(self) -> int:
@@ -105,8 +106,9 @@ class Batch:
     lines_ingested: int = 0
     # from redact
     sessions: list[SessionFacts] = field(default_factory=list)
-    # from attribute: (event, activity tuple) pairs and thread ownership facts
+    # from attribute: activity rows, their classes, thread ownership facts
     activity: list[tuple] = field(default_factory=list)
+    activity_classes: list[tuple] = field(default_factory=list)
     thread_owners: list[tuple] = field(default_factory=list)
     # from project
     rows: Rows = field(default_factory=Rows)

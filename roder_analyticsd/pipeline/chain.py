@@ -63,6 +63,13 @@ async def run_pipeline(produce: Producer, chain: Sequence[Stage], consume: Consu
             finally:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        # a stage whose downstream died reports a broken stream: that is an
+        # echo of the real failure, which is what the caller should see
+        real = [
+            exc
+            for exc in group.exceptions
+            if not isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)
+        ]
+        if len(real) == 1:
+            raise real[0] from None
         raise

@@ -60,7 +60,7 @@ def _short(exc: Exception) -> str:
 
 def decode_line(line: bytes) -> Event | None:
     """Decode one complete line; None for a blank line. Raises ValueError."""
-    if not line.strip():
+    if not line or line.isspace():
         return None
     try:
         env = _envelope.decode(line)
@@ -68,7 +68,10 @@ def decode_line(line: bytes) -> Event | None:
         raise ValueError(_short(exc)) from None
     variant = _VARIANT_OF_KIND.get(env.kind)
     payload = getattr(env.event, variant) if variant is not None else None
-    if payload is None and env.kind.startswith("memory."):
+    if payload is None and not env.kind.startswith("memory."):
+        # counted by kind, projected nowhere: its time is not needed
+        return Event(env.kind, None, 0, env.event_id, env.thread_id)
+    if payload is None:
         try:
             bodies = _memory.decode(line).event
         except msgspec.DecodeError as exc:
@@ -95,6 +98,8 @@ def decode(batch: Batch) -> Batch:
         ingested += 1
         if event.payload is None:
             unknown[event.kind] += 1
+            if not event.kind.startswith("memory."):
+                continue  # nothing downstream projects it: counted, then dropped
         events.append(event)
 
     metadata: list[ThreadMetadata] = []

@@ -1,13 +1,18 @@
 """Stage 4: events → parameter rows for the store's upserts. Pure.
 
-Every row carries only what its event knows (NULL elsewhere); the upserts
-in `store/writer.py` merge halves in any order and never downgrade a
-terminal status, which is what makes replays idempotent.
+Every row carries only what its event knows (NULL elsewhere). Rows with
+the same key are merged here first, with exactly the rules the upserts in
+`store/writer.py` apply in SQL, so a chunk writes one row per turn, tool
+call and session instead of one per event. Each rule is a max over a total
+order (or min/max of a timestamp), so merging is associative and
+commutative: merging here and then in the store gives the same result as
+replaying events one by one, in any order, any number of times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from roder_analyticsd import events as ev
 from roder_analyticsd.pipeline.batch import Batch, Rows
@@ -18,6 +23,65 @@ _TERMINAL_STATUS = {
     "turn.interrupted": "interrupted",
     "turn.deadline_exceeded": "timeout",
 }
+
+
+def _min(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _newer(a_at: int | None, a_key: Any, b_at: int | None, b_key: Any) -> bool:
+    """Does b's value replace a's? Later wins; ties go to the larger key."""
+    if b_at is None:
+        return False
+    if a_at is None or b_at > a_at:
+        return True
+    return b_at == a_at and (b_key or "") > (a_key or "")
+
+
+# sessions: (thread_id, workspace_key, workspace_label, workspace_at_ms, provider,
+#            provider_at_ms, model, model_at_ms, created_at_ms, updated_at_ms)
+def merge_session(a: tuple, b: tuple) -> tuple:
+    ws = b[1:4] if _newer(a[3], a[1], b[3], b[1]) else a[1:4]
+    provider = b[4:6] if _newer(a[5], a[4], b[5], b[4]) else a[4:6]
+    model = b[6:8] if _newer(a[7], a[6], b[7], b[6]) else a[6:8]
+    return (a[0], *ws, *provider, *model, _min(a[8], b[8]), _max(a[9], b[9]))
+
+
+# turns: (thread_id, turn_id, runtime_profile, started_at_ms, provider, model,
+#         model_at_ms, completed_at_ms, terminal_status, error_kind)
+def merge_turn(a: tuple, b: tuple) -> tuple:
+    model = b[4:7] if _newer(a[6], a[5], b[6], b[5]) else a[4:7]
+    # a terminal status is only ever replaced by a later terminal event
+    if b[8] is not None and (a[8] is None or b[7] > a[7] or (b[7] == a[7] and b[8] > a[8])):
+        terminal = b[7:10]
+    else:
+        terminal = a[7:10]
+    return (a[0], a[1], _max(a[2], b[2]), _min(a[3], b[3]), *model, *terminal)
+
+
+# tool_calls: (thread_id, turn_id, tool_id, tool_name, started_at_ms,
+#              completed_at_ms, is_error)
+def merge_tool_call(a: tuple, b: tuple) -> tuple:
+    if b[5] is not None and (a[5] is None or b[5] > a[5] or (b[5] == a[5] and b[6] > a[6])):
+        completion = b[5:7]
+    else:
+        completion = a[5:7]
+    return (a[0], a[1], a[2], _min(a[3], b[3]), _min(a[4], b[4]), *completion)
+
+
+# token_usage: (thread_id, turn_id, recorded_at_ms, prompt, completion, total,
+#               cached, cache_creation); the terminal event's usage, latest wins
+def merge_token_usage(a: tuple, b: tuple) -> tuple:
+    return b if (b[2], b[5]) > (a[2], a[5]) else a
+
+
+def _put(rows: dict, key: tuple, row: tuple, merge) -> None:
+    old = rows.get(key)
+    rows[key] = row if old is None else merge(old, row)
 
 
 def _usage_row(thread_id: str, turn_id: str, at_ms: int, usage: ev.TokenUsage | None):
@@ -32,16 +96,19 @@ def _usage_row(thread_id: str, turn_id: str, at_ms: int, usage: ev.TokenUsage | 
 
 
 def project(batch: Batch) -> Batch:
-    rows = Rows(activity=batch.activity, thread_owners=batch.thread_owners)
-    sessions, turns, tools, tokens = rows.sessions, rows.turns, rows.tool_calls, rows.token_usage
+    sessions: dict[tuple, tuple] = {}
+    turns: dict[tuple, tuple] = {}
+    tools: dict[tuple, tuple] = {}
+    tokens: dict[tuple, tuple] = {}
 
     for s in batch.sessions:
         at = s.updated_at_ms if s.updated_at_ms is not None else s.created_at_ms
-        sessions.append(
-            (s.thread_id, s.workspace_key, s.workspace_label, at if s.workspace_key else None,
-             s.provider, s.model, at if (s.provider or s.model) else None,
-             s.created_at_ms, s.updated_at_ms)
+        row = (
+            s.thread_id, s.workspace_key, s.workspace_label, at if s.workspace_key else None,
+            s.provider, at if s.provider else None, s.model, at if s.model else None,
+            s.created_at_ms, s.updated_at_ms,
         )  # fmt: skip
+        _put(sessions, (s.thread_id,), row, merge_session)
 
     for event in batch.events:
         p = event.payload
@@ -49,37 +116,50 @@ def project(batch: Batch) -> Batch:
         if p is None:
             continue
         if isinstance(p, ev.ToolCallStarted):
-            tools.append((p.thread_id, p.turn_id, p.tool_id, p.tool_name, at, None, None))
+            key = (p.thread_id, p.turn_id, p.tool_id)
+            _put(tools, key, (*key, p.tool_name, at, None, None), merge_tool_call)
         elif isinstance(p, ev.ToolCallCompleted):
-            tools.append(
-                (p.thread_id, p.turn_id, p.tool_id, p.tool_name, None, at, int(p.is_error))
-            )
+            key = (p.thread_id, p.turn_id, p.tool_id)
+            row = (*key, p.tool_name, None, at, int(p.is_error))
+            _put(tools, key, row, merge_tool_call)
         elif isinstance(p, ev.TurnStarted):
-            turns.append(
-                (p.thread_id, p.turn_id, p.runtime_profile, at, None, None, None, None, None, None)
-            )
+            key = (p.thread_id, p.turn_id)
+            row = (*key, p.runtime_profile, at, None, None, None, None, None, None)
+            _put(turns, key, row, merge_turn)
         elif isinstance(p, ev.InferenceStarted):
             provider = p.model.provider if p.model else None
             model = p.model.model if p.model else None
-            turns.append(
-                (p.thread_id, p.turn_id, None, None, provider, model, at, None, None, None)
-            )
-            sessions.append((p.thread_id, None, None, None, provider, model, at, at, at))
+            key = (p.thread_id, p.turn_id)
+            _put(turns, key, (*key, None, None, provider, model, at, None, None, None), merge_turn)
+            row = (p.thread_id, None, None, None, provider, at if provider else None,
+                   model, at if model else None, at, at)  # fmt: skip
+            _put(sessions, (p.thread_id,), row, merge_session)
         elif event.kind in _TERMINAL_STATUS and isinstance(
             p, ev.TurnCompleted | ev.TurnFailed | ev.TurnEvent
         ):
             status = _TERMINAL_STATUS[event.kind]
             error_kind = (p.error_kind or "unknown") if isinstance(p, ev.TurnFailed) else None
-            turns.append(
-                (p.thread_id, p.turn_id, None, None, None, None, None, at, status, error_kind)
-            )
+            key = (p.thread_id, p.turn_id)
+            row = (*key, None, None, None, None, None, at, status, error_kind)
+            _put(turns, key, row, merge_turn)
             if isinstance(p, ev.TurnCompleted | ev.TurnFailed):
                 usage = _usage_row(p.thread_id, p.turn_id, at, p.usage)
                 if usage is not None:
-                    tokens.append(usage)
+                    _put(tokens, key, usage, merge_token_usage)
         elif event.kind == "thread.created" and isinstance(p, ev.ThreadEvent):
-            sessions.append((p.thread_id, None, None, None, None, None, None, at, at))
+            row = (p.thread_id, None, None, None, None, None, None, None, at, at)
+            _put(sessions, (p.thread_id,), row, merge_session)
 
-    return dataclasses.replace(
-        batch, events=[], sessions=[], activity=[], thread_owners=[], rows=rows
+    rows = Rows(
+        sessions=list(sessions.values()),
+        turns=list(turns.values()),
+        tool_calls=list(tools.values()),
+        token_usage=list(tokens.values()),
+        activity=list({row[0]: row for row in batch.activity}.values()),
+        activity_classes=batch.activity_classes,
+        thread_owners=list(dict.fromkeys(batch.thread_owners)),
     )
+    return dataclasses.replace(
+        batch, events=[], sessions=[], activity=[], activity_classes=[], thread_owners=[],
+        rows=rows,
+    )  # fmt: skip

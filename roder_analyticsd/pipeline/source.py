@@ -160,55 +160,51 @@ def _chunks(
     handle, rel: str, identity: FileIdentity, offset: int, line_no: int,
     fp_len: int, fp_hash: str, chunk_lines: int,
 ) -> Iterator[Batch]:  # fmt: skip
+    """Cut the file into Batches of complete lines; bytes.split does the work."""
     carry = b""
-    lines: list[bytes] = []
-    first_line = line_no + 1
+    pending: list[bytes] = []
     pending_bytes = 0
     oversize: list[ParseError] = []
     skipping = False  # inside a line longer than MAX_LINE_BYTES
 
     def emit() -> Batch:
-        nonlocal lines, first_line, pending_bytes, oversize
+        nonlocal offset, line_no, pending, pending_bytes, oversize
+        first = line_no + 1
+        offset += pending_bytes + len(pending)  # every pending line had its "\n"
+        line_no += len(pending)
         cp = Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)
-        batch = Batch(path=rel, first_line_no=first_line, lines=lines, checkpoints=[cp])
+        batch = Batch(path=rel, first_line_no=first, lines=pending, checkpoints=[cp])
         batch.errors = oversize
-        lines, first_line, pending_bytes, oversize = [], line_no + 1, 0, []
+        pending, pending_bytes, oversize = [], 0, []
         return batch
 
-    while True:
-        block = handle.read(READ_BLOCK)
-        if not block:
-            break
-        data = carry + block if carry else block
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                break
-            line = data[start:nl]
-            start = nl + 1
-            offset += len(line) + 1
+    while block := handle.read(READ_BLOCK):
+        parts = (carry + block if carry else block).split(b"\n")
+        carry = parts.pop()  # no newline yet: unfinished, or the head of a long line
+        if skipping and parts:
+            offset += len(parts.pop(0)) + 1  # the rest of the runaway line
             line_no += 1
-            if skipping:
-                skipping = False
-                if not lines:
-                    first_line = line_no + 1
-                continue
-            if not lines:
-                first_line = line_no
-            lines.append(line)
-            pending_bytes += len(line)
-            if len(lines) >= chunk_lines or pending_bytes >= CHUNK_BYTES:
+            skipping = False
+        start = 0
+        while start < len(parts):
+            take = parts[start : start + chunk_lines - len(pending)]
+            start += len(take)
+            pending.extend(take)
+            pending_bytes += sum(map(len, take))
+            if len(pending) >= chunk_lines or pending_bytes >= CHUNK_BYTES:
                 yield emit()
-        carry = data[start:]
-        if len(carry) > MAX_LINE_BYTES and not skipping:
+        if skipping:
+            offset += len(carry)
+            carry = b""
+        elif len(carry) > MAX_LINE_BYTES:
             # a runaway line: report it, then drop bytes until its newline
+            if pending:
+                yield emit()
             oversize.append(
                 ParseError(rel, line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes")
             )
             skipping = True
-        if skipping:
             offset += len(carry)
             carry = b""
-    if lines or oversize:
+    if pending or oversize:
         yield emit()

@@ -12,6 +12,7 @@ import aiosqlite
 from roder_analyticsd.store.schema import StoreError, migrate
 
 BUSY_TIMEOUT_MS = 5000
+CACHE_KIB = 32 * 1024  # page cache: index updates stay in memory, RSS stays bounded
 
 
 def describe_sqlite_error(exc: sqlite3.Error, path: Path) -> str:
@@ -48,6 +49,7 @@ async def open_store(path: Path, *, readonly: bool = False) -> aiosqlite.Connect
             # WAL + NORMAL: a crash of the process never loses a commit; rows and
             # their checkpoint are always in the same transaction either way.
             await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             await migrate(conn)
             await ensure_installation_id(conn)
     except sqlite3.Error as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import json
 import time
 from collections.abc import Iterable
 
@@ -51,17 +52,58 @@ def day_bounds(day: str) -> tuple[int, int]:
     return lo, lo + DAY_MS
 
 
-async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str]) -> int:
-    """Recompute the rollup rows of these UTC days; returns rows written."""
-    now = int(time.time() * 1000)
+DIRTY_KEY = "rollup_dirty_days"
+
+
+async def _dirty(conn: aiosqlite.Connection) -> set[str]:
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (DIRTY_KEY,)) as cur:
+        row = await cur.fetchone()
+    return set(json.loads(row[0])) if row else set()
+
+
+async def mark_dirty(conn: aiosqlite.Connection, days: Iterable[str]) -> None:
+    """Remember days whose rollups are stale. Call inside the transaction
+    that made them stale: rows and the dirty mark commit together."""
+    days = set(days)
+    if not days:
+        return
+    known = await _dirty(conn)
+    if days <= known:
+        return
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (DIRTY_KEY, json.dumps(sorted(known | days))),
+    )
+
+
+async def dirty_days(conn: aiosqlite.Connection) -> set[str]:
+    """Days written since their rollups were last refreshed."""
+    return await _dirty(conn)
+
+
+async def _refresh_days(conn: aiosqlite.Connection, days: Iterable[str], now: int) -> int:
     written = 0
+    for day in sorted(set(days)):
+        lo, hi = day_bounds(day)
+        await conn.execute("DELETE FROM daily_rollups WHERE day = ?", (day,))
+        cur = await conn.execute(_ROLLUP_SQL, {"day": day, "lo": lo, "hi": hi, "now": now})
+        written += max(cur.rowcount, 0)
+    return written
+
+
+async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) -> int:
+    """Recompute the rollup rows of these UTC days and of every day marked
+    dirty; returns rows written. Nothing to do writes nothing."""
+    now = int(time.time() * 1000)
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        for day in sorted(set(days)):
-            lo, hi = day_bounds(day)
-            await conn.execute("DELETE FROM daily_rollups WHERE day = ?", (day,))
-            cur = await conn.execute(_ROLLUP_SQL, {"day": day, "lo": lo, "hi": hi, "now": now})
-            written += max(cur.rowcount, 0)
+        todo = set(days) | await _dirty(conn)
+        if not todo:
+            await conn.rollback()
+            return 0
+        written = await _refresh_days(conn, todo, now)
+        await conn.execute("DELETE FROM meta WHERE key = ?", (DIRTY_KEY,))
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -84,8 +126,28 @@ async def all_days(conn: aiosqlite.Connection) -> set[str]:
         return {row[0] for row in await cur.fetchall() if row[0]}
 
 
+_DAY = "strftime('%Y-%m-%d', {c} / 1000, 'unixepoch')"
+# The days of the rows a prune deletes (as rollups see them), so exactly
+# those days are recomputed; days left with no rows lose their rollups.
+_PRUNED_DAYS = f"""
+SELECT {_DAY.format(c="recorded_at_ms")} FROM token_usage WHERE recorded_at_ms < :cutoff
+UNION SELECT {_DAY.format(c="at_ms")} FROM tool_calls WHERE at_ms < :cutoff
+UNION SELECT {_DAY.format(c="t.started_at_ms")} FROM turns t
+    WHERE COALESCE(t.completed_at_ms, t.started_at_ms, t.model_at_ms) < :cutoff
+      AND t.started_at_ms IS NOT NULL
+UNION SELECT {_DAY.format(c="u.recorded_at_ms")} FROM turns t
+    JOIN token_usage u ON u.thread_id = t.thread_id AND u.turn_id = t.turn_id
+    WHERE COALESCE(t.completed_at_ms, t.started_at_ms, t.model_at_ms) < :cutoff
+"""
+
+
 async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | None = None) -> int:
-    """Delete raw rows older than the retention window; 0 days keeps all."""
+    """Delete raw rows older than the retention window; 0 days keeps all.
+
+    The rollups of the days it touched are recomputed in the same
+    transaction, so they stay equal to a full recompute. Returns the raw
+    rows (and sessions) deleted.
+    """
     if retention_days <= 0:
         return 0
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -93,12 +155,13 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
     deleted = 0
     await conn.execute("BEGIN IMMEDIATE")
     try:
+        async with conn.execute(_PRUNED_DAYS, {"cutoff": cutoff}) as cur:
+            days = {row[0] for row in await cur.fetchall() if row[0]}
         for sql in (
             "DELETE FROM token_usage WHERE recorded_at_ms < ?",
             "DELETE FROM tool_calls WHERE at_ms < ?",
             "DELETE FROM turns WHERE COALESCE(completed_at_ms, started_at_ms, model_at_ms) < ?",
             "DELETE FROM activity WHERE occurred_at_ms < ?",
-            "DELETE FROM daily_rollups WHERE day < strftime('%Y-%m-%d', ? / 1000, 'unixepoch')",
         ):
             cur = await conn.execute(sql, (cutoff,))
             deleted += max(cur.rowcount, 0)
@@ -112,6 +175,8 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
             (cutoff,),
         )
         deleted += max(cur.rowcount, 0)
+        if days:
+            await _refresh_days(conn, days, now_ms)
         await conn.commit()
     except BaseException:
         await conn.rollback()

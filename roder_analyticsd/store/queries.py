@@ -1,18 +1,61 @@
-"""The questions `stats` answers, as SQL over the store.
+"""The questions `stats` answers, over the store.
 
-Percentiles are exact nearest-rank, computed in SQLite with window
-functions over the raw durations: p = sorted[ceil(q·n) − 1], clamped to
-the first element. ceil(q·n) is done in integers, (q100·n + 99) / 100.
+Which rows a query sees (cli.md, roder-events.md):
+
+- time: a tool call belongs to the instant of its start (its completion when
+  it has no start: `tool_calls.at_ms`), a token row to its terminal event
+  (`recorded_at_ms`), a turn to its start (else its completion, else its
+  first inference), a session to its `created_at`/`updated_at`.
+  `since_ms` is inclusive, `until_ms` exclusive.
+- `provider`/`model`: the turn's (tool calls and token rows join their turn);
+  a session matches on its own provider/model.
+- `workspace`: `sessions.workspace_label`, or the `workspace_key` hash.
+- `tool`: tool calls of that name; turns, token rows and sessions are those
+  with at least one call of that tool.
+
+Percentiles are exact nearest-rank, p = sorted[ceil(q·n) − 1] clamped to the
+first element, over the calls that have a duration. Unfiltered (or over a
+wide window) each is a single walk of the covering index `tool_calls_stats`
+(ordered by tool, then duration) that stops at rank k, entered from the
+nearer end: p99 of a million calls skips ten thousand entries, not 990
+thousand. With a small window or a turn/session filter, SQLite sorts the
+matching durations once and the ranks are picked while streaming them. No
+list of durations is ever built in Python.
+
+Costs are priced per token row (per turn: price tiers depend on a turn's own
+prompt size, and the price in force at its time), in integer micro-dollars,
+then summed. A group with any token row whose price is unknown has
+`costUsd = None`: a partial sum would be a made-up number.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
+from roder_analyticsd import timewindow
+from roder_analyticsd.pricing import cost_usd  # cheap: genai-prices loads on first use
+
 UNKNOWN = "(unknown)"
+UTC = ZoneInfo("UTC")
+PERCENTILES = (50, 95, 99)
+GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+TOOL_SORTS = ("calls", "p95", "errors", "underused")
+SESSION_SORTS = ("recent", "tokens", "cost", "calls")
+ROLLUP_SCOPES = ("all", "tool", "model")
+# A time window holding fewer calls than this is read through the time index
+# (a seek per call); a larger one is checked inside the covering index.
+NARROW_CALLS = 10_000
+_START = object()
+# a list bound as one JSON parameter: no SQL text to build, no variable limit
+_JSON_LIST = "(SELECT value FROM json_each({}))"
+STREAM_CHUNK = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,238 +68,686 @@ class Filters:
     model: str | None = None
     workspace: str | None = None
     limit: int = 50
+    tz: tzinfo = field(default=UTC)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "since": self.since_ms,
+            "until": self.until_ms,
+            "thread": self.thread,
+            "tool": self.tool,
+            "provider": self.provider,
+            "model": self.model,
+            "workspace": self.workspace,
+        }
+
+    @property
+    def windowed(self) -> bool:
+        return self.since_ms is not None or self.until_ms is not None
 
 
-def _where(
-    f: Filters,
-    *,
-    at: str,
-    thread: str,
-    tool: str | None = None,
-    provider: str | None = None,
-    model: str | None = None,
-    workspace: str | None = None,
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
+# --- row sources: FROM + WHERE per table ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    tables: str
+    where: str
+
+
+def _window(f: Filters, at: str) -> list[str]:
+    out = []
     if f.since_ms is not None:
-        clauses.append(f"{at} >= ?")
-        params.append(f.since_ms)
+        out.append(f"{at} >= :since")
     if f.until_ms is not None:
-        clauses.append(f"{at} < ?")
-        params.append(f.until_ms)
+        out.append(f"{at} < :until")
+    return out
+
+
+def _join(clauses: list[str]) -> str:
+    return " AND ".join(clauses) or "1"
+
+
+_WORKSPACE = "(s.workspace_label = :workspace OR s.workspace_key = :workspace)"
+
+
+def _has_tool(alias: str) -> str:
+    """The row's turn made at least one call of :tool (a primary-key range)."""
+    return (
+        f"EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
+        f" AND x.turn_id = {alias}.turn_id AND x.tool_name = :tool)"
+    )
+
+
+# SQLite counts any use of a generated column as a use of every column, so no
+# index can cover it, and on a WITHOUT ROWID table each row found through an
+# index then costs a primary-key seek. Hot queries therefore spell
+# `duration_ms` and `at_ms` out over real columns: the expression index
+# `tool_calls_stats` (migration 2) covers DURATION and CALL_AT.
+DURATION = "(c.completed_at_ms - c.started_at_ms)"  # tool_calls.duration_ms
+CALL_AT = "coalesce(c.started_at_ms, c.completed_at_ms)"  # tool_calls.at_ms
+
+
+def tool_source(f: Filters, *, narrow: bool = False) -> Source:
+    """Tool calls `c`. Turn and session filters are semi-joins (`IN`), which
+    keep the covering index usable: its entries carry the primary key.
+
+    `narrow` (a window holding few calls) finds the calls through the time
+    index; otherwise the window is checked inside the covering index. A unary
+    `+` hides a column from the planner: bound parameters give it no way to
+    tell a day from a decade.
+    """
+    at, name = ("c.at_ms", "+c.tool_name") if narrow else (CALL_AT, "c.tool_name")
+    clauses = _window(f, at)
     if f.thread is not None:
-        clauses.append(f"{thread} = ?")
-        params.append(f.thread)
-    for column, value in (
-        (tool, f.tool),
-        (provider, f.provider),
-        (model, f.model),
-        (workspace, f.workspace),
+        clauses.append("c.thread_id = :thread")
+    if f.tool is not None:
+        clauses.append(f"{name} = :tool")
+    if f.provider is not None or f.model is not None:
+        turn = [
+            c
+            for c, v in (("t.provider = :provider", f.provider), ("t.model = :model", f.model))
+            if v is not None
+        ]
+        clauses.append(
+            "(c.thread_id, c.turn_id) IN (SELECT t.thread_id, t.turn_id FROM turns t"
+            f" WHERE {_join(turn)})"
+        )
+    if f.workspace is not None:
+        clauses.append(f"c.thread_id IN (SELECT s.thread_id FROM sessions s WHERE {_WORKSPACE})")
+    return Source("tool_calls c", _join(clauses))
+
+
+def _semi_joined(f: Filters) -> bool:
+    return f.provider is not None or f.model is not None or f.workspace is not None
+
+
+def token_source(f: Filters) -> Source:
+    """Token rows `u` with their turn `t` and session `s` (for grouping)."""
+    # without a window, read the table itself: through its time index every
+    # row would cost a primary-key seek
+    tables = (
+        f"token_usage u{'' if f.windowed else ' NOT INDEXED'}"
+        " LEFT JOIN turns t ON t.thread_id = u.thread_id AND t.turn_id = u.turn_id"
+        " LEFT JOIN sessions s ON s.thread_id = u.thread_id"
+    )
+    clauses = _window(f, "u.recorded_at_ms")
+    if f.thread is not None:
+        clauses.append("u.thread_id = :thread")
+    if f.tool is not None:
+        clauses.append(_has_tool("u"))
+    if f.provider is not None:
+        clauses.append("t.provider = :provider")
+    if f.model is not None:
+        clauses.append("t.model = :model")
+    if f.workspace is not None:
+        clauses.append(_WORKSPACE)
+    return Source(tables, _join(clauses))
+
+
+TURN_AT = "coalesce(t.started_at_ms, t.completed_at_ms, t.model_at_ms)"
+
+
+def turn_source(f: Filters) -> Source:
+    tables = "turns t"
+    clauses = _window(f, TURN_AT)
+    if f.thread is not None:
+        clauses.append("t.thread_id = :thread")
+    if f.tool is not None:
+        clauses.append(_has_tool("t"))
+    if f.provider is not None:
+        clauses.append("t.provider = :provider")
+    if f.model is not None:
+        clauses.append("t.model = :model")
+    if f.workspace is not None:
+        tables += " JOIN sessions s ON s.thread_id = t.thread_id"
+        clauses.append(_WORKSPACE)
+    return Source(tables, _join(clauses))
+
+
+def session_source(f: Filters) -> Source:
+    """Session rows by their own facts; their activity is found through the
+    other sources (see `_thread_ids`)."""
+    clauses = []
+    if f.windowed:
+        created = _join(_window(f, "s.created_at_ms"))
+        updated = _join(_window(f, "s.updated_at_ms"))
+        clauses.append(f"(({created}) OR ({updated}))")
+    if f.thread is not None:
+        clauses.append("s.thread_id = :thread")
+    if f.tool is not None:
+        clauses.append("0")  # sessions are found through their calls of that tool
+    if f.provider is not None:
+        clauses.append("s.provider = :provider")
+    if f.model is not None:
+        clauses.append("s.model = :model")
+    if f.workspace is not None:
+        clauses.append(_WORKSPACE)
+    return Source("sessions s", _join(clauses))
+
+
+def _thread_ids_sql(f: Filters) -> str:
+    """Every thread with a session row or any activity that passes the filters."""
+    parts = []
+    for column, src in (
+        ("s.thread_id", session_source(f)),
+        ("t.thread_id", turn_source(f)),
+        ("c.thread_id", tool_source(f)),
+        ("u.thread_id", token_source(f)),
     ):
-        if value is None:
-            continue
-        if column is None:
-            clauses.append("0")  # the filter names a dimension this table lacks
-        else:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return (" AND ".join(clauses) or "1"), params
+        # DISTINCT inside a subquery per branch: each walks its primary key in
+        # order, and the UNION only sees a thread once per table.
+        parts.append(
+            f"SELECT id FROM (SELECT DISTINCT {column} AS id FROM {src.tables} WHERE {src.where})"
+        )
+    return " UNION ".join(parts)
 
 
-async def _all(conn: aiosqlite.Connection, sql: str, params: list[Any]) -> list[tuple]:
+# --- helpers ----------------------------------------------------------------
+
+
+async def _all(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
     async with conn.execute(sql, params) as cur:
         return list(await cur.fetchall())
 
 
-# Filters reach tool calls and token rows through their turn and session.
-_TOOL_FROM = """tool_calls c
-    LEFT JOIN turns t ON t.thread_id = c.thread_id AND t.turn_id = c.turn_id
-    LEFT JOIN sessions s ON s.thread_id = c.thread_id"""
-_TOKEN_FROM = """token_usage u
-    LEFT JOIN turns t ON t.thread_id = u.thread_id AND t.turn_id = u.turn_id
-    LEFT JOIN sessions s ON s.thread_id = u.thread_id"""
-_TURN_FROM = """turns t LEFT JOIN sessions s ON s.thread_id = t.thread_id"""
+async def _one(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
+    async with conn.execute(sql, params) as cur:
+        return await cur.fetchone()
 
 
-def tool_where(f: Filters) -> tuple[str, list[Any]]:
-    return _where(
-        f,
-        at="c.at_ms",
-        thread="c.thread_id",
-        tool="c.tool_name",
-        provider="t.provider",
-        model="t.model",
-        workspace="s.workspace_label",
-    )
+async def _chunks(conn: aiosqlite.Connection, sql: str, params: Any) -> AsyncIterator[list[Any]]:
+    """Rows a chunk at a time: memory stays flat however many rows match."""
+    async with conn.execute(sql, params) as cur:
+        while rows := await cur.fetchmany(STREAM_CHUNK):
+            yield rows
 
 
-def token_where(f: Filters) -> tuple[str, list[Any]]:
-    return _where(
-        f,
-        at="u.recorded_at_ms",
-        thread="u.thread_id",
-        provider="t.provider",
-        model="t.model",
-        workspace="s.workspace_label",
-    )
+async def _narrow(conn: aiosqlite.Connection, f: Filters) -> bool:
+    """Does the time window hold so few calls that finding them by time wins?
 
-
-def turn_where(f: Filters) -> tuple[str, list[Any]]:
-    return _where(
-        f,
-        at="t.started_at_ms",
-        thread="t.thread_id",
-        provider="t.provider",
-        model="t.model",
-        workspace="s.workspace_label",
-    )
-
-
-async def tool_stats(conn: aiosqlite.Connection, f: Filters) -> list[dict[str, Any]]:
-    where, params = tool_where(f)
-    sql = f"""
-    WITH c AS (
-        SELECT coalesce(c.tool_name, '{UNKNOWN}') AS tool_name, c.duration_ms, c.is_error
-        FROM {_TOOL_FROM} WHERE {where}
-    ),
-    ranked AS (
-        SELECT tool_name, duration_ms,
-               row_number() OVER (PARTITION BY tool_name ORDER BY duration_ms) AS rn,
-               count(*) OVER (PARTITION BY tool_name) AS n
-        FROM c WHERE duration_ms IS NOT NULL
-    ),
-    pct AS (
-        SELECT tool_name,
-               max(CASE WHEN rn = max(1, (n * 50 + 99) / 100) THEN duration_ms END) AS p50,
-               max(CASE WHEN rn = max(1, (n * 95 + 99) / 100) THEN duration_ms END) AS p95,
-               max(CASE WHEN rn = max(1, (n * 99 + 99) / 100) THEN duration_ms END) AS p99
-        FROM ranked GROUP BY tool_name
-    )
-    SELECT c.tool_name, count(*), sum(c.is_error), coalesce(sum(c.duration_ms), 0),
-           count(c.duration_ms), pct.p50, pct.p95, pct.p99
-    FROM c LEFT JOIN pct ON pct.tool_name = c.tool_name
-    GROUP BY c.tool_name
-    ORDER BY count(*) DESC, c.tool_name ASC
-    LIMIT ?
+    Counting stops at NARROW_CALLS, so the check itself stays cheap.
     """
-    rows = await _all(conn, sql, [*params, f.limit])
-    return [
+    if not f.windowed:
+        return False
+    where = _join(_window(f, "at_ms"))
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM tool_calls WHERE {where} LIMIT :cap)"
+    found = (await _one(conn, sql, {**f.params(), "cap": NARROW_CALLS}))[0]
+    return found < NARROW_CALLS
+
+
+def _nearest_rank(q: int, n: int) -> int:
+    """1-based rank of the q-th percentile of n values: ceil(q·n/100), at least 1."""
+    return max(1, -(-q * n // 100))
+
+
+class Cost:
+    """Token sums and a cost in integer micro-dollars for one output group."""
+
+    __slots__ = (
+        "prompt",
+        "completion",
+        "total",
+        "cached",
+        "creation",
+        "turns",
+        "micro",
+        "unpriced",
+    )
+
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.total = self.cached = self.creation = 0
+        self.turns = self.micro = self.unpriced = 0
+
+    def add(self, provider, model, at_ms, prompt, completion, total, cached, creation) -> None:
+        self.prompt += prompt
+        self.completion += completion
+        self.total += total
+        self.cached += cached
+        self.creation += creation
+        self.turns += 1
+        usd = cost_usd(provider, model, prompt, completion, cached, creation, at_ms=at_ms)
+        if usd is None:
+            self.unpriced += 1
+        else:
+            self.micro += round(usd * 1_000_000)  # cost_usd is already whole micro-dollars
+
+    @property
+    def usd(self) -> float | None:
+        return None if self.unpriced else self.micro / 1_000_000
+
+
+_TOKEN_COLUMNS = (
+    "t.provider, t.model, u.recorded_at_ms, u.prompt_tokens, u.completion_tokens,"
+    " u.total_tokens, u.cached_prompt_tokens, u.cache_creation_prompt_tokens"
+)
+
+
+async def _costs(
+    conn: aiosqlite.Connection,
+    f: Filters,
+    key_sql: str,
+    key_fn: Callable[[Any], str] | None = None,
+    extra_where: str = "",
+    extra_params: dict[str, Any] | None = None,
+) -> dict[Any, Cost]:
+    """Stream the filtered token rows and fold them into one `Cost` per key.
+
+    `key_sql` selects the raw key column; `key_fn` maps it (e.g. an instant
+    to its calendar day in the requested time zone).
+    """
+    src = token_source(f)
+    where = src.where + (f" AND {extra_where}" if extra_where else "")
+    sql = f"SELECT {key_sql}, {_TOKEN_COLUMNS} FROM {src.tables} WHERE {where}"
+    params = {**f.params(), **(extra_params or {})}
+    groups: dict[Any, Cost] = {}
+    async for rows in _chunks(conn, sql, params):
+        for key, *row in rows:
+            if key_fn is not None:
+                key = key_fn(key)
+            acc = groups.get(key)
+            if acc is None:
+                acc = groups[key] = Cost()
+            acc.add(*row)
+    return groups
+
+
+# --- stats tools --------------------------------------------------------------
+
+
+async def tool_stats(
+    conn: aiosqlite.Connection, f: Filters, sort: str = "calls", min_calls: int = 0
+) -> list[dict[str, Any]]:
+    """Per tool: calls, errors, durations and exact p50/p95/p99.
+
+    Orders: calls = callCount desc; p95 = p95DurationMs desc (untimed last),
+    then callCount desc; errors = errorCount desc, then errorRate desc;
+    underused = callCount asc. Remaining ties: toolName asc. `avgDurationMs` is the mean
+    over timed calls rounded to 3 decimals (microseconds); `errorRate` is
+    errors / calls rounded to 6 decimals.
+    """
+    if sort not in TOOL_SORTS:
+        raise ValueError(f"unknown sort {sort!r}")
+    narrow = await _narrow(conn, f)
+    src = tool_source(f, narrow=narrow)
+    rows = await _all(
+        conn,
+        f"""SELECT c.tool_name, count(*), coalesce(sum(c.is_error), 0),
+                   coalesce(sum({DURATION}), 0), count({DURATION})
+            FROM {src.tables} WHERE {src.where} GROUP BY c.tool_name""",
+        f.params(),
+    )
+    tools = [
         {
-            "toolName": name,
+            "raw": raw,
+            "toolName": UNKNOWN if raw is None else raw,
             "callCount": calls,
             "errorCount": errors,
             "errorRate": round(errors / calls, 6) if calls else 0.0,
             "totalDurationMs": total,
             "avgDurationMs": round(total / timed, 3) if timed else None,
-            "p50DurationMs": p50,
-            "p95DurationMs": p95,
-            "p99DurationMs": p99,
+            "timed": timed,
         }
-        for name, calls, errors, total, timed, p50, p95, p99 in rows
+        for raw, calls, errors, total, timed in rows
+        if calls >= min_calls
     ]
+    # stable sorts: name first, then the order's keys
+    tools.sort(key=lambda r: r["toolName"])
+    if sort == "p95":
+        await _percentiles(conn, f, tools, narrow)
+        tools.sort(key=lambda r: -r["callCount"])
+        tools.sort(key=lambda r: (r["p95DurationMs"] is None, -(r["p95DurationMs"] or 0)))
+    elif sort == "calls":
+        tools.sort(key=lambda r: -r["callCount"])
+    elif sort == "errors":
+        tools.sort(key=lambda r: (-r["errorCount"], -r["errorRate"]))
+    else:  # underused
+        tools.sort(key=lambda r: r["callCount"])
+    shown = tools[: f.limit]
+    if sort != "p95":
+        await _percentiles(conn, f, shown, narrow)
+    keys = (
+        "toolName", "callCount", "errorCount", "errorRate", "totalDurationMs", "avgDurationMs",
+        "p50DurationMs", "p95DurationMs", "p99DurationMs",
+    )  # fmt: skip
+    return [{k: tool[k] for k in keys} for tool in shown]
 
 
-async def token_groups(conn: aiosqlite.Connection, f: Filters, group: str) -> list[dict[str, Any]]:
-    key = {
-        "day": "strftime('%Y-%m-%d', u.recorded_at_ms / 1000, 'unixepoch')",
-        "week": "strftime('%Y-W%W', u.recorded_at_ms / 1000, 'unixepoch')",
-        "month": "strftime('%Y-%m', u.recorded_at_ms / 1000, 'unixepoch')",
-        "session": "u.thread_id",
-        "provider": f"coalesce(t.provider, '{UNKNOWN}')",
-        "model": f"coalesce(t.model, '{UNKNOWN}')",
-        "workspace": f"coalesce(s.workspace_label, '{UNKNOWN}')",
-    }[group]
-    where, params = token_where(f)
-    sql = f"""
-    SELECT {key} AS g, sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens),
-           sum(u.cached_prompt_tokens), sum(u.cache_creation_prompt_tokens), count(*)
-    FROM {_TOKEN_FROM} WHERE {where}
-    GROUP BY g ORDER BY sum(u.total_tokens) DESC, g ASC LIMIT ?
+async def _percentiles(
+    conn: aiosqlite.Connection, f: Filters, tools: list[dict[str, Any]], narrow: bool
+) -> None:
+    """Fill p50/p95/p99 of these tools (each has its timed-call count `timed`).
+
+    Unfiltered or wide windows: per tool and percentile one walk of the
+    covering index that stops at rank k. Small windows and turn/session
+    filters: one stream of the matching durations sorted by tool, ranks
+    picked on the way (a walk would re-check the filter on every step).
     """
-    rows = await _all(conn, sql, [*params, f.limit])
+    for tool in tools:
+        for q in PERCENTILES:
+            tool[f"p{q}DurationMs"] = None
+    timed = [t for t in tools if t["timed"]]
+    if not timed:
+        return
+    src = tool_source(f, narrow=narrow)
+    params = f.params()
+    if not narrow and not _semi_joined(f):
+        for tool in timed:
+            n = tool["timed"]
+            walks = []
+            for q in PERCENTILES:
+                k = _nearest_rank(q, n)
+                # enter from the nearer end: p99 skips 1% of the calls, not 99%
+                order, offset = ("DESC", n - k) if k > n - k else ("ASC", k - 1)
+                walks.append(
+                    f"""(SELECT {DURATION} FROM {src.tables}
+                         WHERE {src.where} AND c.tool_name IS :name AND {DURATION} IS NOT NULL
+                         ORDER BY {DURATION} {order} LIMIT 1 OFFSET {offset})"""
+                )
+            row = await _one(conn, f"SELECT {', '.join(walks)}", {**params, "name": tool["raw"]})
+            for q, value in zip(PERCENTILES, row, strict=True):
+                tool[f"p{q}DurationMs"] = value
+        return
+    by_name = {t["raw"]: t for t in timed}
+    names = [name for name in by_name if name is not None]
+    column = "+c.tool_name" if narrow else "c.tool_name"  # narrow: keep the time index
+    only = [f"{column} IN {_JSON_LIST.format(':names')}"] if names else []
+    if None in by_name:
+        only.append(f"{column} IS NULL")
+    sql = f"""SELECT c.tool_name, {DURATION} FROM {src.tables}
+              WHERE {src.where} AND {DURATION} IS NOT NULL AND ({" OR ".join(only)})
+              ORDER BY c.tool_name, {DURATION}"""
+    current: Any = _START
+    seen = 0
+    wanted: dict[int, list[int]] = {}
+    async for rows in _chunks(conn, sql, {**params, "names": json.dumps(names)}):
+        for name, duration in rows:
+            if name != current:
+                current, seen, wanted = name, 0, {}
+                for q in PERCENTILES:
+                    wanted.setdefault(_nearest_rank(q, by_name[name]["timed"]), []).append(q)
+            seen += 1
+            if seen in wanted:
+                for q in wanted[seen]:
+                    by_name[name][f"p{q}DurationMs"] = duration
+
+
+# --- stats tokens ---------------------------------------------------------------
+
+
+def _group_key(group: str, tz: tzinfo) -> tuple[str, Callable[[Any], str] | None]:
+    if group in ("day", "week", "month"):
+        bucket = {
+            "day": timewindow.day_key,
+            "week": timewindow.week_key,
+            "month": timewindow.month_key,
+        }[group]
+        return "u.recorded_at_ms", lambda ms: bucket(ms, tz)
+    column = {
+        "session": "u.thread_id",
+        "provider": "t.provider",
+        "model": "t.model",
+        "workspace": "s.workspace_label",
+    }[group]
+    return f"coalesce({column}, '{UNKNOWN}')", None
+
+
+async def token_groups(
+    conn: aiosqlite.Connection, f: Filters, group: str = "day"
+) -> list[dict[str, Any]]:
+    """Token sums and cost per group, totalTokens desc then group asc.
+
+    day/week/month are calendar buckets of each row's terminal event in
+    `f.tz` (ISO weeks, `YYYY-Www`), exact across DST and 30/45-minute zones.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}")
+    key_sql, key_fn = _group_key(group, f.tz)
+    groups = await _costs(conn, f, key_sql, key_fn)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1].total, kv[0]))
     return [
         {
-            "group": g,
-            "promptTokens": p,
-            "completionTokens": c,
-            "totalTokens": t,
-            "cachedPromptTokens": cp,
-            "cacheCreationPromptTokens": cc,
-            "turnCount": n,
-            "costUsd": None,
+            "group": key,
+            "promptTokens": acc.prompt,
+            "completionTokens": acc.completion,
+            "totalTokens": acc.total,
+            "cachedPromptTokens": acc.cached,
+            "cacheCreationPromptTokens": acc.creation,
+            "turnCount": acc.turns,
+            "costUsd": acc.usd,
         }
-        for g, p, c, t, cp, cc, n in rows
+        for key, acc in ordered[: f.limit]
     ]
+
+
+# --- stats summary --------------------------------------------------------------
 
 
 async def summary(conn: aiosqlite.Connection, f: Filters) -> dict[str, Any]:
-    twhere, tparams = turn_where(f)
-    turns = (
-        await _all(
-            conn,
-            f"""
-        SELECT count(*), count(*) FILTER (WHERE t.status = 'completed'),
-               count(*) FILTER (WHERE t.status = 'failed'),
-               count(*) FILTER (WHERE t.status = 'interrupted'),
-               count(DISTINCT t.thread_id)
-        FROM {_TURN_FROM} WHERE {twhere}""",
-            tparams,
-        )
-    )[0]
-    cwhere, cparams = tool_where(f)
-    calls = (
-        await _all(
-            conn,
-            f"""
-        SELECT count(*), coalesce(sum(c.is_error), 0) FROM {_TOOL_FROM} WHERE {cwhere}""",
-            cparams,
-        )
-    )[0]
-    top = await _all(
+    params = f.params()
+    turns = turn_source(f)
+    counts = await _one(
         conn,
-        f"""
-        SELECT c.tool_name FROM {_TOOL_FROM} WHERE {cwhere} AND c.tool_name IS NOT NULL
-        GROUP BY c.tool_name ORDER BY count(*) DESC, c.tool_name ASC LIMIT 1""",
-        cparams,
+        f"""SELECT count(*), count(*) FILTER (WHERE t.status = 'completed'),
+                   count(*) FILTER (WHERE t.status = 'failed'),
+                   count(*) FILTER (WHERE t.status = 'interrupted')
+            FROM {turns.tables} WHERE {turns.where}""",
+        params,
     )
-    uwhere, uparams = token_where(f)
-    tokens = (
-        await _all(
-            conn,
-            f"""
-        SELECT coalesce(sum(u.prompt_tokens), 0), coalesce(sum(u.completion_tokens), 0),
-               coalesce(sum(u.total_tokens), 0), coalesce(sum(u.cached_prompt_tokens), 0),
-               coalesce(sum(u.cache_creation_prompt_tokens), 0)
-        FROM {_TOKEN_FROM} WHERE {uwhere}""",
-            uparams,
-        )
-    )[0]
-    swhere, sparams = _where(
-        f,
-        at="coalesce(s.updated_at_ms, s.created_at_ms)",
-        thread="s.thread_id",
-        provider="s.provider",
-        model="s.model",
-        workspace="s.workspace_label",
+    calls = tool_source(f, narrow=await _narrow(conn, f))
+    per_tool = await _all(
+        conn,
+        f"""SELECT c.tool_name, count(*), coalesce(sum(c.is_error), 0)
+            FROM {calls.tables} WHERE {calls.where} GROUP BY c.tool_name""",
+        params,
     )
-    sessions = (await _all(conn, f"SELECT count(*) FROM sessions s WHERE {swhere}", sparams))[0]
+    named = [(-n, name) for name, n, _ in per_tool if name is not None]
+    sessions = await _one(conn, f"SELECT count(*) FROM ({_thread_ids_sql(f)})", params)
+    total = (await _costs(conn, f, "0")).get(0) or Cost()
     return {
         "sessionCount": sessions[0],
-        "turnCount": turns[0],
-        "completedTurnCount": turns[1],
-        "failedTurnCount": turns[2],
-        "interruptedTurnCount": turns[3],
-        "toolCallCount": calls[0],
-        "toolErrorCount": calls[1],
-        "promptTokens": tokens[0],
-        "completionTokens": tokens[1],
-        "totalTokens": tokens[2],
-        "cachedPromptTokens": tokens[3],
-        "cacheCreationPromptTokens": tokens[4],
-        "mostCalledTool": top[0][0] if top else None,
-        "costUsd": None,
+        "turnCount": counts[0],
+        "completedTurnCount": counts[1],
+        "failedTurnCount": counts[2],
+        "interruptedTurnCount": counts[3],
+        "toolCallCount": sum(n for _, n, _ in per_tool),
+        "toolErrorCount": sum(e for _, _, e in per_tool),
+        "promptTokens": total.prompt,
+        "completionTokens": total.completion,
+        "totalTokens": total.total,
+        "cachedPromptTokens": total.cached,
+        "cacheCreationPromptTokens": total.creation,
+        "mostCalledTool": min(named)[1] if named else None,
+        # no token rows at all cost a real 0; any unpriced row makes it unknown
+        "costUsd": total.usd,
     }
+
+
+# --- stats sessions -------------------------------------------------------------
+
+
+def _latest(latest: str, member: str, f: Filters) -> str:
+    """A row's last instant, kept inside the window (else its own instant)."""
+    if f.until_ms is None:
+        return f"coalesce({latest}, {member})"
+    return f"CASE WHEN {latest} < :until THEN {latest} ELSE {member} END"
+
+
+def _in_window(column: str, f: Filters) -> str:
+    if not f.windowed:
+        return column
+    return f"CASE WHEN {_join(_window(f, column))} THEN {column} END"
+
+
+async def sessions(
+    conn: aiosqlite.Connection, f: Filters, sort: str = "recent"
+) -> list[dict[str, Any]]:
+    """Per thread, counting only rows that pass the filters.
+
+    Orders: recent = lastActivityMs desc (default); tokens = totalTokens
+    desc; cost = costUsd desc (unknown last); calls = toolCallCount desc.
+    Ties go to threadId asc. First/last activity are the earliest/latest
+    instants of the counted turns, calls, token rows and session facts.
+    """
+    if sort not in SESSION_SORTS:
+        raise ValueError(f"unknown sort {sort!r}")
+    turns, calls, tokens = turn_source(f), tool_source(f), token_source(f)
+    sess = session_source(f)
+    turn_last = _latest("coalesce(t.completed_at_ms, t.started_at_ms)", TURN_AT, f)
+    call_last = _latest("coalesce(c.completed_at_ms, c.started_at_ms)", CALL_AT, f)
+    sql = f"""
+    WITH tr AS (
+        SELECT t.thread_id AS id, count(*) AS n, min({TURN_AT}) AS lo, max({turn_last}) AS hi
+        FROM {turns.tables} WHERE {turns.where} GROUP BY t.thread_id),
+    tc AS (
+        SELECT c.thread_id AS id, count(*) AS n, sum(c.is_error) AS errors,
+               coalesce(sum({DURATION}), 0) AS dur, min({CALL_AT}) AS lo, max({call_last}) AS hi
+        FROM {calls.tables} WHERE {calls.where} GROUP BY c.thread_id),
+    tk AS (
+        SELECT u.thread_id AS id, sum(u.total_tokens) AS n, min(u.recorded_at_ms) AS lo,
+               max(u.recorded_at_ms) AS hi
+        FROM {tokens.tables} WHERE {tokens.where} GROUP BY u.thread_id),
+    ss AS (
+        SELECT s.thread_id AS id, {_in_window("s.created_at_ms", f)} AS lo,
+               {_in_window("s.updated_at_ms", f)} AS hi
+        FROM {sess.tables} WHERE {sess.where}),
+    ids AS (SELECT id FROM tr UNION SELECT id FROM tc UNION SELECT id FROM tk
+            UNION SELECT id FROM ss)
+    SELECT ids.id, s.workspace_label,
+           coalesce(s.provider, (SELECT provider FROM turns WHERE thread_id = ids.id
+                                 ORDER BY model_at_ms DESC LIMIT 1)),
+           coalesce(s.model, (SELECT model FROM turns WHERE thread_id = ids.id
+                              ORDER BY model_at_ms DESC LIMIT 1)),
+           coalesce(tr.n, 0), coalesce(tc.n, 0), coalesce(tc.errors, 0), coalesce(tk.n, 0),
+           coalesce(tc.dur, 0), tr.lo, tc.lo, tk.lo, ss.lo, tr.hi, tc.hi, tk.hi, ss.hi
+    FROM ids LEFT JOIN sessions s ON s.thread_id = ids.id
+    LEFT JOIN tr ON tr.id = ids.id LEFT JOIN tc ON tc.id = ids.id
+    LEFT JOIN tk ON tk.id = ids.id LEFT JOIN ss ON ss.id = ids.id
+    """
+    out = []
+    for row in await _all(conn, sql, f.params()):
+        firsts = [v for v in row[9:13] if v is not None]
+        lasts = [v for v in row[13:17] if v is not None]
+        out.append(
+            {
+                "threadId": row[0],
+                "workspaceLabel": row[1],
+                "provider": row[2],
+                "model": row[3],
+                "turnCount": row[4],
+                "toolCallCount": row[5],
+                "toolErrorCount": row[6],
+                "totalTokens": row[7],
+                "totalToolDurationMs": row[8],
+                "firstActivityMs": min(firsts) if firsts else None,
+                "lastActivityMs": max(lasts) if lasts else None,
+                "costUsd": None,
+            }
+        )
+    out.sort(key=lambda r: r["threadId"])
+    if sort == "cost":
+        costs = await _costs(conn, f, "u.thread_id")
+        for r in out:
+            r["costUsd"] = costs[r["threadId"]].usd if r["threadId"] in costs else 0.0
+        out.sort(key=lambda r: (r["costUsd"] is None, -(r["costUsd"] or 0)))
+        return out[: f.limit]
+    if sort == "recent":
+        out.sort(key=lambda r: -(r["lastActivityMs"] if r["lastActivityMs"] is not None else -1))
+    elif sort == "tokens":
+        out.sort(key=lambda r: -r["totalTokens"])
+    else:
+        out.sort(key=lambda r: -r["toolCallCount"])
+    shown = out[: f.limit]
+    if shown:
+        costs = await _costs(
+            conn,
+            f,
+            "u.thread_id",
+            extra_where=f"u.thread_id IN {_JSON_LIST.format(':ids')}",
+            extra_params={"ids": json.dumps([r["threadId"] for r in shown])},
+        )
+        for r in shown:
+            # a session with no token rows cost nothing, knowingly
+            r["costUsd"] = costs[r["threadId"]].usd if r["threadId"] in costs else 0.0
+    return shown
+
+
+# --- stats unused / rollups -------------------------------------------------------
+
+
+async def unused_tools(
+    conn: aiosqlite.Connection, f: Filters, registered: Iterable[str]
+) -> list[str]:
+    """The registered names with no call in the window, in the order given."""
+    names = list(dict.fromkeys(n for n in registered if n))
+    if not names:
+        return []
+    src = tool_source(f)
+    called = {
+        row[0]
+        for row in await _all(
+            conn,
+            f"""SELECT DISTINCT c.tool_name FROM {src.tables}
+                WHERE {src.where} AND c.tool_name IN {_JSON_LIST.format(":names")}""",
+            {**f.params(), "names": json.dumps(names)},
+        )
+    }
+    return [n for n in names if n not in called][: f.limit]
+
+
+ROLLUP_COLUMNS = (
+    ("day", "day"), ("scope", "scope"), ("key", "key"), ("turns", "turns"),
+    ("tool_calls", "toolCalls"), ("tool_errors", "toolErrors"),
+    ("tool_duration_ms", "toolDurationMs"), ("prompt_tokens", "promptTokens"),
+    ("completion_tokens", "completionTokens"), ("total_tokens", "totalTokens"),
+    ("cached_prompt_tokens", "cachedPromptTokens"),
+    ("cache_creation_prompt_tokens", "cacheCreationPromptTokens"),
+    ("refreshed_at_ms", "refreshedAtMs"),
+)  # fmt: skip
+
+
+async def rollups(
+    conn: aiosqlite.Connection, f: Filters, scope: str | None = None
+) -> list[dict[str, Any]]:
+    """daily_rollups rows (UTC days), newest day first, then scope and key.
+
+    A day is listed when it overlaps the window. `tool` keeps scope 'tool'
+    rows of that tool; `provider`/`model` keep scope 'model' rows, whose key
+    is `provider/model`. Rollups have no thread or workspace dimension.
+    """
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": f.limit}
+    if f.since_ms is not None:
+        clauses.append("day >= :first_day")
+        params["first_day"] = timewindow.day_key(f.since_ms, UTC)
+    if f.until_ms is not None:
+        clauses.append("day <= :last_day")
+        params["last_day"] = timewindow.day_key(f.until_ms - 1, UTC)
+    if scope is not None:
+        clauses.append("scope = :scope")
+        params["scope"] = scope
+    if f.tool is not None:
+        clauses.append("scope = 'tool' AND key = :tool")
+        params["tool"] = f.tool
+    if f.provider is not None:
+        clauses.append(
+            "scope = 'model' AND substr(key, 1, length(:provider) + 1) = :provider || '/'"
+        )
+        params["provider"] = f.provider
+    if f.model is not None:
+        clauses.append("scope = 'model' AND substr(key, -length(:model) - 1) = '/' || :model")
+        params["model"] = f.model
+    columns = ", ".join(c for c, _ in ROLLUP_COLUMNS)
+    rows = await _all(
+        conn,
+        f"""SELECT {columns} FROM daily_rollups WHERE {_join(clauses)}
+            ORDER BY day DESC, scope, key LIMIT :limit""",
+        params,
+    )
+    return [dict(zip((k for _, k in ROLLUP_COLUMNS), row, strict=True)) for row in rows]
+
+
+# --- other engineers' queries ----------------------------------------------------
 
 
 async def turn_status_counts(conn: aiosqlite.Connection) -> dict[str, int]:

@@ -41,11 +41,12 @@ MIGRATIONS: list[str] = [
         workspace_label TEXT,               -- per [analytics].workspace_labels
         workspace_at_ms INTEGER,
         provider TEXT,
+        provider_at_ms INTEGER,
         model TEXT,
         model_at_ms INTEGER,
         created_at_ms INTEGER,
         updated_at_ms INTEGER
-    );
+    ) WITHOUT ROWID;
 
     CREATE TABLE turns (
         thread_id TEXT NOT NULL,
@@ -60,7 +61,7 @@ MIGRATIONS: list[str] = [
         error_kind TEXT,
         status TEXT GENERATED ALWAYS AS (COALESCE(terminal_status, 'running')) VIRTUAL,
         PRIMARY KEY (thread_id, turn_id)
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX turns_started ON turns (started_at_ms);
 
     CREATE TABLE tool_calls (
@@ -78,7 +79,7 @@ MIGRATIONS: list[str] = [
         -- the day a call belongs to: its start, else its completion
         at_ms INTEGER GENERATED ALWAYS AS (COALESCE(started_at_ms, completed_at_ms)) VIRTUAL,
         PRIMARY KEY (thread_id, turn_id, tool_id)
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX tool_calls_by_tool ON tool_calls (tool_name, duration_ms);
     CREATE INDEX tool_calls_at ON tool_calls (at_ms);
 
@@ -92,16 +93,14 @@ MIGRATIONS: list[str] = [
         cached_prompt_tokens INTEGER NOT NULL,
         cache_creation_prompt_tokens INTEGER NOT NULL,
         PRIMARY KEY (thread_id, turn_id)
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX token_usage_at ON token_usage (recorded_at_ms);
 
-    -- analytics.v2 attribution of local events; owner fields NULL where the
-    -- thread's owner decides them (resolved in the activity_v2 view)
-    CREATE TABLE activity (
-        event_id TEXT PRIMARY KEY,
-        thread_id TEXT,
-        turn_id TEXT,
-        occurred_at_ms INTEGER NOT NULL,
+    -- analytics.v2 attribution of local events: one narrow row per source
+    -- event, its classification in activity_classes (a handful of rows).
+    -- Owner fields NULL there mean "the thread's owner" (see activity_v2).
+    CREATE TABLE activity_classes (
+        class_id INTEGER PRIMARY KEY,       -- 64-bit hash of the fields below
         event_name TEXT NOT NULL,
         module TEXT NOT NULL,
         owner_module TEXT,
@@ -109,12 +108,18 @@ MIGRATIONS: list[str] = [
         loop_stage TEXT NOT NULL,
         outcome TEXT,
         error_category TEXT,
-        phase TEXT,
+        phase TEXT
+    );
+
+    CREATE TABLE activity (
+        event_id INTEGER PRIMARY KEY,       -- 64-bit hash of the source line's identity
+        thread_id TEXT,
+        occurred_at_ms INTEGER NOT NULL,
+        class_id INTEGER NOT NULL,
         provider TEXT,
         model TEXT
     );
     CREATE INDEX activity_at ON activity (occurred_at_ms);
-    CREATE INDEX activity_thread ON activity (thread_id);
 
     CREATE TABLE thread_owners (
         thread_id TEXT PRIMARY KEY,
@@ -140,11 +145,13 @@ MIGRATIONS: list[str] = [
     FROM thread_owners o;
 
     CREATE VIEW activity_v2 AS
-    SELECT a.event_id, a.thread_id, a.turn_id, a.occurred_at_ms, a.event_name, a.module,
-           COALESCE(a.owner_module, t.owner_module, 'session') AS owner_module,
-           COALESCE(a.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
-           a.loop_stage, a.outcome, a.error_category, a.phase, a.provider, a.model
-    FROM activity a LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
+    SELECT a.event_id, a.thread_id, a.occurred_at_ms, c.event_name, c.module,
+           COALESCE(c.owner_module, t.owner_module, 'session') AS owner_module,
+           COALESCE(c.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
+           c.loop_stage, c.outcome, c.error_category, c.phase, a.provider, a.model
+    FROM activity a
+    JOIN activity_classes c ON c.class_id = a.class_id
+    LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
 
     -- daily rollups (UTC days): scope 'all' (key ''), 'tool' (tool name),
     -- 'model' (provider/model); recomputed for touched days only
@@ -165,12 +172,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (day, scope, key)
     );
     """,
+    # 2: `stats tools` reads per-tool counts, errors, durations, time
+    # windows and the percentile walks from this one index, never the table.
+    # Its keys are expressions over real columns (= duration_ms, and the
+    # start/completion that make at_ms): SQLite cannot cover a query that
+    # names a generated column. It supersedes (tool_name, duration_ms).
+    """
+    CREATE INDEX tool_calls_stats ON tool_calls (
+        tool_name, (completed_at_ms - started_at_ms), started_at_ms, completed_at_ms, is_error);
+    DROP INDEX IF EXISTS tool_calls_by_tool;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ANALYTICS_TABLES = (
-    "sessions", "turns", "tool_calls", "token_usage", "activity", "thread_owners",
+    "sessions", "turns", "tool_calls", "token_usage", "activity", "activity_classes",
+    "thread_owners",
     "daily_rollups", "files",
 )  # fmt: skip
 

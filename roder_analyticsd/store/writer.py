@@ -8,35 +8,45 @@ order-independent, idempotent upsert.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
 import aiosqlite
 
 from roder_analyticsd.pipeline.batch import Checkpoint, Rows
+from roder_analyticsd.store.maintenance import mark_dirty
+
+
+def _newer(at: str, key: str) -> str:
+    """SQL twin of project._newer: does the excluded row's value win?"""
+    return (
+        f"(excluded.{at} IS NOT NULL AND ({at} IS NULL OR excluded.{at} > {at}"
+        f" OR (excluded.{at} = {at} AND COALESCE(excluded.{key}, '') > COALESCE({key}, ''))))"
+    )
+
 
 UPSERT_SESSION = """
 INSERT INTO sessions (thread_id, workspace_key, workspace_label, workspace_at_ms,
-                      provider, model, model_at_ms, created_at_ms, updated_at_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      provider, provider_at_ms, model, model_at_ms, created_at_ms, updated_at_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (thread_id) DO UPDATE SET
     workspace_key = CASE WHEN {ws_newer} THEN excluded.workspace_key ELSE workspace_key END,
     workspace_label = CASE WHEN {ws_newer} THEN excluded.workspace_label ELSE workspace_label END,
     workspace_at_ms = CASE WHEN {ws_newer} THEN excluded.workspace_at_ms ELSE workspace_at_ms END,
-    provider = CASE WHEN {m_newer} THEN COALESCE(excluded.provider, provider) ELSE provider END,
-    model = CASE WHEN {m_newer} THEN COALESCE(excluded.model, model) ELSE model END,
+    provider = CASE WHEN {p_newer} THEN excluded.provider ELSE provider END,
+    provider_at_ms = CASE WHEN {p_newer} THEN excluded.provider_at_ms ELSE provider_at_ms END,
+    model = CASE WHEN {m_newer} THEN excluded.model ELSE model END,
     model_at_ms = CASE WHEN {m_newer} THEN excluded.model_at_ms ELSE model_at_ms END,
     created_at_ms = COALESCE(min(excluded.created_at_ms, created_at_ms),
                              excluded.created_at_ms, created_at_ms),
     updated_at_ms = COALESCE(max(excluded.updated_at_ms, updated_at_ms),
                              excluded.updated_at_ms, updated_at_ms)
 """.format(
-    ws_newer="(excluded.workspace_at_ms IS NOT NULL AND (workspace_at_ms IS NULL"
-    " OR excluded.workspace_at_ms > workspace_at_ms OR (excluded.workspace_at_ms = workspace_at_ms"
-    " AND excluded.workspace_key > COALESCE(workspace_key, ''))))",
-    m_newer="(excluded.model_at_ms IS NOT NULL AND (model_at_ms IS NULL"
-    " OR excluded.model_at_ms > model_at_ms OR (excluded.model_at_ms = model_at_ms"
-    " AND COALESCE(excluded.model, '') > COALESCE(model, ''))))",
+    # each of workspace, provider and model: the latest non-null value wins
+    ws_newer=_newer("workspace_at_ms", "workspace_key"),
+    p_newer=_newer("provider_at_ms", "provider"),
+    m_newer=_newer("model_at_ms", "model"),
 )
 
 UPSERT_TURN = """
@@ -44,7 +54,8 @@ INSERT INTO turns (thread_id, turn_id, runtime_profile, started_at_ms, provider,
                    model_at_ms, completed_at_ms, terminal_status, error_kind)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (thread_id, turn_id) DO UPDATE SET
-    runtime_profile = COALESCE(excluded.runtime_profile, runtime_profile),
+    runtime_profile = COALESCE(max(excluded.runtime_profile, runtime_profile),
+                               excluded.runtime_profile, runtime_profile),
     started_at_ms = COALESCE(min(excluded.started_at_ms, started_at_ms),
                              excluded.started_at_ms, started_at_ms),
     provider = CASE WHEN {m_newer} THEN excluded.provider ELSE provider END,
@@ -55,9 +66,7 @@ ON CONFLICT (thread_id, turn_id) DO UPDATE SET
     error_kind = CASE WHEN {t_newer} THEN excluded.error_kind ELSE error_kind END
 """.format(
     # the turn's provider/model is that of its last InferenceStarted
-    m_newer="(excluded.model_at_ms IS NOT NULL AND (model_at_ms IS NULL"
-    " OR excluded.model_at_ms > model_at_ms OR (excluded.model_at_ms = model_at_ms"
-    " AND COALESCE(excluded.model, '') > COALESCE(model, ''))))",
+    m_newer=_newer("model_at_ms", "model"),
     # a terminal status is only ever replaced by a later terminal event
     t_newer="(excluded.terminal_status IS NOT NULL AND (terminal_status IS NULL"
     " OR excluded.completed_at_ms > completed_at_ms OR (excluded.completed_at_ms = completed_at_ms"
@@ -96,10 +105,14 @@ WHERE excluded.recorded_at_ms > recorded_at_ms
 """
 
 INSERT_ACTIVITY = """
-INSERT OR IGNORE INTO activity (event_id, thread_id, turn_id, occurred_at_ms, event_name, module,
-                                owner_module, execution_kind, loop_stage, outcome,
-                                error_category, phase, provider, model)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO activity (event_id, thread_id, occurred_at_ms, class_id, provider, model)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+INSERT_ACTIVITY_CLASS = """
+INSERT OR IGNORE INTO activity_classes (class_id, event_name, module, owner_module,
+                                        execution_kind, loop_stage, outcome, error_category, phase)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 UPSERT_THREAD_OWNER = """
@@ -133,35 +146,99 @@ def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tup
 
 async def write_rows(
     conn: aiosqlite.Connection, rows: Rows, checkpoints: Iterable[Checkpoint]
-) -> None:
-    """Write one batch and its checkpoints in a single transaction."""
+) -> set[str]:
+    """Write one batch and its checkpoints in a single transaction.
+
+    Returns the UTC days whose rollups the batch changed; they are marked
+    dirty in the same transaction, so a crash before the next rollup
+    refresh cannot leave a stale rollup behind.
+    """
     await conn.execute("BEGIN IMMEDIATE")
     try:
+        days = await touched_days(conn, rows)  # reads the stamps the upserts replace
         for sql, params in (
             (UPSERT_SESSION, rows.sessions),
             (UPSERT_TURN, rows.turns),
             (UPSERT_TOOL_CALL, rows.tool_calls),
             (UPSERT_TOKEN_USAGE, rows.token_usage),
+            (INSERT_ACTIVITY_CLASS, list(dict.fromkeys(rows.activity_classes))),
             (INSERT_ACTIVITY, rows.activity),
             (UPSERT_THREAD_OWNER, rows.thread_owners),
             (UPSERT_FILE, _checkpoint_rows(checkpoints, int(time.time() * 1000))),
         ):
             if params:
                 await conn.executemany(sql, params)
+        await mark_dirty(conn, days)
         await conn.commit()
     except BaseException:
         await conn.rollback()
         raise
+    return days
 
 
-def touched_days(rows: Rows) -> set[str]:
-    """UTC days whose rollups these rows can change."""
-    stamps: set[int] = set()
+# The stored stamps that place a batch's rows on days, looked up by turn:
+# (thread_id, turn_id) pairs go in as one JSON array parameter (no giant SQL
+# text to parse, no bound-variable limit), `k.key` is a pair's index in it.
+# A turn's tool calls are one primary-key range, so probing by turn is a few
+# times cheaper than probing each call.
+KEY_CHUNK = 10_000
+_TURN_STAMPS = """
+SELECT k.key, t.started_at_ms, u.recorded_at_ms FROM json_each(?) k
+LEFT JOIN turns t ON t.thread_id = k.value ->> 0 AND t.turn_id = k.value ->> 1
+LEFT JOIN token_usage u ON u.thread_id = k.value ->> 0 AND u.turn_id = k.value ->> 1
+WHERE t.started_at_ms IS NOT NULL OR u.recorded_at_ms IS NOT NULL
+"""
+_TOOL_STAMPS = """
+SELECT k.key, c.tool_id, c.started_at_ms, c.completed_at_ms FROM json_each(?) k
+JOIN tool_calls c ON c.thread_id = k.value ->> 0 AND c.turn_id = k.value ->> 1
+"""
+
+
+async def _stored(conn: aiosqlite.Connection, sql: str, turns: list[tuple]) -> list[tuple]:
+    """(turn key, *stamps) rows of `sql` for these turn keys."""
+    found: list[tuple] = []
+    for start in range(0, len(turns), KEY_CHUNK):
+        chunk = turns[start : start + KEY_CHUNK]
+        async with conn.execute(sql, (json.dumps(chunk),)) as cur:
+            found.extend((chunk[index], *rest) for index, *rest in await cur.fetchall())
+    return found
+
+
+def _day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
+
+
+async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[str]:
+    """UTC days whose rollups this batch changes. Call in the write
+    transaction, before the upserts.
+
+    The days of every stamp the batch writes and of every stored stamp it
+    merges with: a tool call belongs to its start's day even when its
+    completion comes in a later batch, and a late start moves it off its
+    completion's day, so stored halves are read rather than guessed. A
+    turn also reaches its token row's day (that rollup is keyed by the
+    turn's model). Nothing is missed; a day is only ever extra when two
+    different stamps compete for one row (a duplicate start, say).
+    """
+    tool_rows = rows.tool_calls
+    stamps = {r[4] for r in tool_rows if r[4] is not None}
+    started = {r[:3] for r in tool_rows if r[4] is not None}
+    ends_only = {r[:3]: r[5] for r in tool_rows if r[4] is None and r[:3] not in started}
+    if tool_rows:
+        keys = {r[:3] for r in tool_rows}
+        stored = await _stored(conn, _TOOL_STAMPS, sorted({r[:2] for r in tool_rows}))
+        for (thread_id, turn_id), tool_id, start, end in stored:
+            key = (thread_id, turn_id, tool_id)
+            if key not in keys:
+                continue  # another call of the same turn
+            stamps.add(start if start is not None else end)  # where it sat before
+            if start is not None:
+                ends_only.pop(key, None)  # it stays on its start's day
+    stamps.update(ends_only.values())  # no start anywhere: its completion's day
+
+    turn_keys = {r[:2] for r in rows.turns} | {r[:2] for r in rows.token_usage}
+    stamps.update(r[3] for r in rows.turns if r[3] is not None)
     stamps.update(r[2] for r in rows.token_usage)
-    for r in rows.tool_calls:
-        stamps.add(r[4] if r[4] is not None else r[5])
-    for r in rows.turns:
-        for at in (r[3], r[7]):
-            if at is not None:
-                stamps.add(at)
-    return {time.strftime("%Y-%m-%d", time.gmtime(ms // 1000)) for ms in stamps}
+    for _key, start, recorded in await _stored(conn, _TURN_STAMPS, sorted(turn_keys)):
+        stamps.update(at for at in (start, recorded) if at is not None)
+    return {_day(ms) for ms in stamps}

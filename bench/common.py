@@ -1,0 +1,147 @@
+"""Helpers shared by the bench scripts: locating the CLI and timing child processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    seconds: float
+    max_rss_mb: float
+    tree_pss_mb: float | None
+    stdout: str
+    stderr: str
+
+
+def cli_command() -> list[str]:
+    """`roder-analyticsd` if it is on PATH, else `python -m roder_analyticsd`."""
+    exe = shutil.which("roder-analyticsd")
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "roder_analyticsd"]
+
+
+def rss_mb(ru_maxrss: int) -> float:
+    """ru_maxrss is KiB on Linux, bytes on macOS."""
+    if sys.platform == "darwin":
+        return ru_maxrss / (1024 * 1024)
+    return ru_maxrss / 1024
+
+
+# A fresh, small interpreter starts the measured command and reports:
+# - maxrss: ru_maxrss from os.wait4 (the child, and the max of any descendant it
+#   reaped). Measuring from the bench process itself would be wrong: a forked
+#   child carries its parent's high-water RSS until exec.
+# - tree_kb: the peak, sampled every 50 ms on Linux, of the summed PSS of the
+#   child and all its descendants (worker processes included).
+MEASURE = """
+import json, os, subprocess, sys, time
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+def tree_kb(root):
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += pss_kb(pid)
+        todo.extend(children(pid))
+    return total
+
+out, err, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+peak = 0
+sample = os.path.exists("/proc/self/smaps_rollup")
+with open(out, "wb") as o, open(err, "wb") as e:
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=o, stderr=e)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if sample else 0)
+        if pid:
+            break
+        peak = max(peak, tree_kb(proc.pid))
+        time.sleep(0.05)
+    seconds = time.perf_counter() - began
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds,
+                  "maxrss": usage.ru_maxrss, "tree_kb": peak if sample else None}))
+"""
+
+
+def run_child(argv: list[str]) -> ChildRun:
+    """Run argv to completion: its wall time and its own peak RSS (via a small helper)."""
+    with tempfile.TemporaryDirectory(prefix="roder-bench-run-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        helper = subprocess.run(
+            [sys.executable, "-I", "-c", MEASURE, str(out), str(err), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if helper.returncode != 0:
+            raise RuntimeError(f"measure helper failed: {tail(helper.stderr)}")
+        result = json.loads(helper.stdout)
+        return ChildRun(
+            returncode=result["rc"],
+            seconds=result["seconds"],
+            max_rss_mb=rss_mb(result["maxrss"]),
+            tree_pss_mb=None if result["tree_kb"] is None else result["tree_kb"] / 1024,
+            stdout=out.read_bytes().decode("utf-8", errors="replace"),
+            stderr=err.read_bytes().decode("utf-8", errors="replace"),
+        )
+
+
+def median_run(argv: list[str], repeat: int) -> tuple[float, ChildRun]:
+    """Median wall time over `repeat` runs, and the last run (for its output)."""
+    runs = [run_child(argv) for _ in range(repeat)]
+    return statistics.median(r.seconds for r in runs), runs[-1]
+
+
+def timed_row(name: str, argv: list[str], repeat: int) -> tuple[str, str, str]:
+    """A table row: median wall time of argv, or FAILED with the exit code and reason."""
+    seconds, last = median_run(argv, repeat)
+    if last.returncode != 0:
+        return (name, "FAILED", f"exit {last.returncode}: {tail(last.stderr, 1)[:80]}")
+    return (name, f"{seconds * 1000:.0f} ms", f"median of {repeat}")
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def stats_argv(base: list[str], store: Path, data_dir: Path, *sub: str) -> list[str]:
+    """`… stats <sub…> --json` with the common options after the sub-command."""
+    return [*base, "stats", *sub, "--json", "--data-dir", str(data_dir), "--store", str(store)]
+
+
+def fmt_rate(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    """Three columns: what, value, note."""
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>{vwidth}}  {note}".rstrip())

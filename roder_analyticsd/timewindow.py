@@ -1,0 +1,246 @@
+"""Time parsing and calendar bucketing.
+
+`rfc3339_to_ms` runs once per event (millions of times), and the `*_key`
+functions once per row, so both avoid `datetime` on the hot path: plain string
+slicing and integer arithmetic, with caches keyed by calendar day or UTC hour.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = [
+    "day_key",
+    "month_key",
+    "parse_bound",
+    "parse_timezone",
+    "rfc3339_to_ms",
+    "week_key",
+]
+
+_MS_PER_MINUTE = 60_000
+_MS_PER_HOUR = 3_600_000
+_MS_PER_DAY = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_RELATIVE_UNITS = {"d": _MS_PER_DAY, "h": _MS_PER_HOUR, "m": _MS_PER_MINUTE}
+_RELATIVE = re.compile(r"(\d{1,9})([dhm])", re.ASCII)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_BOUND_FORMS = "expected 7d, 24h, 90m, YYYY-MM-DD or an RFC 3339 timestamp"
+
+
+# --- RFC 3339 -------------------------------------------------------------
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_fromisoformat = datetime.fromisoformat
+
+
+def rfc3339_to_ms(s: str) -> int:
+    """Epoch milliseconds of an RFC 3339 timestamp, floored (never rounded).
+
+    Fast path: CPython's C `fromisoformat` keeps six fraction digits and
+    drops the rest (truncation, so flooring to ms stays exact) and the
+    timedelta arithmetic is integer. It accepts a few ISO 8601 forms that
+    are not RFC 3339; anything it refuses, or a time without an offset,
+    goes to the strict parser, which raises the clear error.
+    """
+    n = len(s)
+    zulu = s[-1:] == "Z"
+    if (
+        20 <= n <= (30 if zulu else 35)  # at most nine fraction digits
+        and s[10] == "T"
+        and s.isascii()
+        and (zulu or (s[-3] == ":" and s[-2:] < "60"))
+        and s[19] in ".Z+-"
+        and (s[19] != "." or s[20 : n - 1 if zulu else n - 6].isdigit())
+    ):
+        try:
+            return (_fromisoformat(s) - _EPOCH) // _ONE_MS
+        except (ValueError, TypeError):
+            pass
+    return _rfc3339_to_ms(s)
+
+
+def _rfc3339_to_ms(s: str) -> int:
+    """Epoch milliseconds of an RFC 3339 timestamp, floored (never rounded).
+
+    Accepts `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+HH:MM|-HH:MM)`, `t`/`z` in lower case
+    too. A leap second (`:60`) is read as the last millisecond of its minute.
+    Raises ValueError on anything else.
+    """
+    n = len(s)
+    # 20 = shortest form ("...:SSZ"); 35 = nine fraction digits plus "+HH:MM".
+    if n < 20 or n > 35 or not s.isascii() or s[10] not in "Tt" or s[13] != ":" or s[16] != ":":
+        raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+
+    last = s[-1]
+    if last == "Z" or last == "z":
+        offset_s = 0
+        end = n - 1
+    else:
+        end = n - 6
+        sign = s[end]
+        hh_mm = s[end + 1 : n]
+        if (
+            sign not in "+-"
+            or hh_mm[2] != ":"
+            or not hh_mm[:2].isdigit()
+            or not hh_mm[3:].isdigit()
+        ):
+            raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+        off_h = int(hh_mm[:2])
+        off_m = int(hh_mm[3:])
+        if off_h > 23 or off_m > 59:
+            raise ValueError(f"bad UTC offset in timestamp: {s!r}")
+        offset_s = off_h * 3600 + off_m * 60
+        if sign == "-":
+            offset_s = -offset_s
+
+    hour = s[11:13]
+    minute = s[14:16]
+    second = s[17:19]
+    if not (hour.isdigit() and minute.isdigit() and second.isdigit()):
+        raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+    h = int(hour)
+    m = int(minute)
+    sec = int(second)
+    if h > 23 or m > 59 or sec > 60:
+        raise ValueError(f"bad time of day in timestamp: {s!r}")
+
+    ms = 0
+    if end > 19:
+        digits = s[20:end]
+        if s[19] != "." or not 0 < len(digits) <= 9 or not digits.isdigit():
+            raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+        ms = int((digits + "00")[:3])  # first three digits = floored milliseconds
+    elif end < 19:
+        raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+
+    if sec == 60:
+        # Leap second: keep the event inside its minute instead of rejecting it.
+        sec = 59
+        ms = 999
+
+    seconds = _epoch_days(s[:10]) * 86_400 + h * 3600 + m * 60 + sec - offset_s
+    return seconds * 1000 + ms
+
+
+@functools.lru_cache(maxsize=8192)
+def _epoch_days(text: str) -> int:
+    """Days since 1970-01-01 of a `YYYY-MM-DD` string (validated)."""
+    if not _DATE.fullmatch(text):
+        raise ValueError(f"not a YYYY-MM-DD date: {text!r}")
+    try:
+        day = date(int(text[:4]), int(text[5:7]), int(text[8:10]))
+    except ValueError:
+        raise ValueError(f"not a valid calendar date: {text!r}") from None
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
+# --- CLI bounds and time zones --------------------------------------------
+
+
+def parse_timezone(name: str | None) -> ZoneInfo:
+    """IANA zone for `--timezone`; None or empty means UTC."""
+    if name is None or not name.strip() or name.strip().upper() in ("UTC", "Z"):
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a key naming a directory of the tz database, e.g. "America".
+        raise ValueError(
+            f"unknown time zone {name!r}: expected an IANA name such as Europe/Berlin"
+        ) from None
+
+
+def parse_bound(text: str, tz: tzinfo, now_ms: int) -> int:
+    """Epoch ms of a `--since`/`--until` value.
+
+    `7d`/`24h`/`90m` count back from `now_ms`; `YYYY-MM-DD` is the first instant
+    of that day in `tz`; an RFC 3339 timestamp carries its own offset.
+    """
+    value = text.strip()
+    if relative := _RELATIVE.fullmatch(value):
+        return now_ms - int(relative.group(1)) * _RELATIVE_UNITS[relative.group(2)]
+    if _DATE.fullmatch(value):
+        try:
+            days = _epoch_days(value)
+        except ValueError:
+            raise ValueError(f"invalid time bound {text!r}: no such calendar date") from None
+        return _day_start_ms(days, tz)
+    try:
+        return rfc3339_to_ms(value)
+    except ValueError:
+        raise ValueError(f"invalid time bound {text!r}: {_BOUND_FORMS}") from None
+
+
+def _day_start_ms(days: int, tz: tzinfo) -> int:
+    day = date.fromordinal(days + _EPOCH_ORDINAL)
+    # fold=0 resolves a skipped midnight (DST starting at 00:00) to the instant
+    # the clocks jumped, and a repeated one to its first occurrence: in both
+    # cases the first instant whose local date is `day`.
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    return _datetime_ms(start)
+
+
+def _datetime_ms(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta.days * _MS_PER_DAY + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+# --- calendar keys ----------------------------------------------------------
+
+
+def day_key(ms: int, tz: tzinfo) -> str:
+    """`YYYY-MM-DD` of the instant `ms` in `tz`."""
+    return _day_text(_local_day(ms, tz))
+
+
+def week_key(ms: int, tz: tzinfo) -> str:
+    """ISO week `YYYY-Www` of the instant `ms` in `tz`."""
+    return _week_text(_local_day(ms, tz))
+
+
+def month_key(ms: int, tz: tzinfo) -> str:
+    """`YYYY-MM` of the instant `ms` in `tz`."""
+    return _day_text(_local_day(ms, tz))[:7]
+
+
+def _local_day(ms: int, tz: tzinfo) -> int:
+    """Local calendar day (days since 1970-01-01) of `ms` in `tz`."""
+    hour = ms // _MS_PER_HOUR
+    offset = _hour_offset_ms(tz, hour)
+    if offset is None:
+        # The offset changes inside this hour (a DST switch): resolve exactly.
+        return datetime.fromtimestamp(ms // 1000, tz).toordinal() - _EPOCH_ORDINAL
+    return (ms + offset) // _MS_PER_DAY
+
+
+@functools.lru_cache(maxsize=65536)
+def _hour_offset_ms(tz: tzinfo, hour: int) -> int | None:
+    """UTC offset in ms that holds for the whole UTC hour, or None if it changes.
+
+    Cached per UTC hour rather than per day because offsets change mid-day, and
+    computed as an offset rather than a date because half-hour zones (India,
+    Newfoundland) reach local midnight in the middle of a UTC hour.
+    """
+    first = datetime.fromtimestamp(hour * 3600, tz).utcoffset()
+    last = datetime.fromtimestamp(hour * 3600 + 3599, tz).utcoffset()
+    if first != last or first is None:
+        return None
+    return (first.days * 86_400 + first.seconds) * 1000 + first.microseconds // 1000
+
+
+@functools.lru_cache(maxsize=16384)
+def _day_text(days: int) -> str:
+    return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
+
+
+@functools.lru_cache(maxsize=16384)
+def _week_text(days: int) -> str:
+    year, week, _ = date.fromordinal(days + _EPOCH_ORDINAL).isocalendar()
+    return f"{year:04d}-W{week:02d}"

@@ -1,0 +1,94 @@
+"""Shared fixtures: a writable copy of the sample data dir, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLE_DIR = SAMPLES / "roder-data"
+EXPECTED_PATH = SAMPLES / "expected.json"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RODER_CONFIG_DIR", None)
+    env.pop("RODER_DATA_DIR", None)
+    return env
+
+
+def run_cli(
+    *args: str | Path, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "roder_analyticsd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+def run_json(*args: str | Path) -> Any:
+    return json.loads(run_cli(*args, "--json").stdout)
+
+
+def copy_sample(dest: Path) -> Path:
+    shutil.copytree(SAMPLE_DIR, dest)
+    for root, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), 0o755 if name in dirs else 0o644)
+    os.chmod(dest, 0o755)
+    return dest
+
+
+def dump_tables(store: Path) -> dict[str, list[tuple]]:
+    """Every analytics table's rows, in a stable order (volatile columns left out)."""
+    conn = sqlite3.connect(store)
+    try:
+        out = {
+            "sessions": "SELECT * FROM sessions ORDER BY thread_id",
+            "turns": "SELECT *, status FROM turns ORDER BY thread_id, turn_id",
+            "tool_calls": "SELECT *, duration_ms, status FROM tool_calls "
+            "ORDER BY thread_id, turn_id, tool_id",
+            "token_usage": "SELECT * FROM token_usage ORDER BY thread_id, turn_id",
+            "activity": "SELECT * FROM activity ORDER BY event_id",
+            "thread_owners": "SELECT * FROM thread_owners ORDER BY thread_id",
+            "daily_rollups": "SELECT day, scope, key, turns, tool_calls, tool_errors, "
+            "tool_duration_ms, prompt_tokens, completion_tokens, total_tokens, "
+            "cached_prompt_tokens, cache_creation_prompt_tokens FROM daily_rollups "
+            "ORDER BY day, scope, key",
+        }
+        return {name: conn.execute(sql).fetchall() for name, sql in out.items()}
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict[str, Any]:
+    return json.loads(EXPECTED_PATH.read_text())
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return copy_sample(tmp_path / "roder-data")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "usage.sqlite3"
