@@ -96,10 +96,13 @@ def _usage_row(thread_id: str, turn_id: str, at_ms: int, usage: ev.TokenUsage | 
 
 
 def project(batch: Batch) -> Batch:
-    sessions: dict[tuple, tuple] = {}
+    sessions: dict[str, tuple] = {}
     turns: dict[tuple, tuple] = {}
     tools: dict[tuple, tuple] = {}
     tokens: dict[tuple, tuple] = {}
+    # InferenceStarted is frequent: its session facts are folded in place
+    # ([first_at, last_at, provider_at, provider, model_at, model]) and merged once
+    inferred: dict[str, list] = {}
 
     for s in batch.sessions:
         at = s.updated_at_ms if s.updated_at_ms is not None else s.created_at_ms
@@ -108,47 +111,65 @@ def project(batch: Batch) -> Batch:
             s.provider, at if s.provider else None, s.model, at if s.model else None,
             s.created_at_ms, s.updated_at_ms,
         )  # fmt: skip
-        _put(sessions, (s.thread_id,), row, merge_session)
+        _put(sessions, s.thread_id, row, merge_session)
 
+    # the payload type always matches the kind (decode picks it by kind)
     for event in batch.events:
         p = event.payload
-        at = event.at_ms
         if p is None:
             continue
-        if isinstance(p, ev.ToolCallStarted):
+        kind = event.kind
+        at = event.at_ms
+        if kind == "tool.call_completed":
             key = (p.thread_id, p.turn_id, p.tool_id)
-            _put(tools, key, (*key, p.tool_name, at, None, None), merge_tool_call)
-        elif isinstance(p, ev.ToolCallCompleted):
+            row = (*key, p.tool_name, None, at, 1 if p.is_error else 0)
+            old = tools.get(key)
+            tools[key] = row if old is None else merge_tool_call(old, row)
+        elif kind == "tool.call_started":
             key = (p.thread_id, p.turn_id, p.tool_id)
-            row = (*key, p.tool_name, None, at, int(p.is_error))
-            _put(tools, key, row, merge_tool_call)
-        elif isinstance(p, ev.TurnStarted):
+            row = (*key, p.tool_name, at, None, None)
+            old = tools.get(key)
+            tools[key] = row if old is None else merge_tool_call(old, row)
+        elif kind == "inference.started":
+            ref = p.model
+            provider = ref.provider if ref is not None else None
+            model = ref.model if ref is not None else None
+            key = (p.thread_id, p.turn_id)
+            _put(turns, key, (*key, None, None, provider, model, at, None, None, None), merge_turn)
+            facts = inferred.get(p.thread_id)
+            if facts is None:
+                inferred[p.thread_id] = [at, at, None, None, None, None]
+                facts = inferred[p.thread_id]
+            elif at < facts[0]:
+                facts[0] = at
+            elif at > facts[1]:
+                facts[1] = at
+            if provider and _newer(facts[2], facts[3], at, provider):
+                facts[2], facts[3] = at, provider
+            if model and _newer(facts[4], facts[5], at, model):
+                facts[4], facts[5] = at, model
+        elif kind == "turn.started":
             key = (p.thread_id, p.turn_id)
             row = (*key, p.runtime_profile, at, None, None, None, None, None, None)
             _put(turns, key, row, merge_turn)
-        elif isinstance(p, ev.InferenceStarted):
-            provider = p.model.provider if p.model else None
-            model = p.model.model if p.model else None
+        elif kind in _TERMINAL_STATUS:
+            status = _TERMINAL_STATUS[kind]
+            error_kind = (p.error_kind or "unknown") if kind == "turn.failed" else None
             key = (p.thread_id, p.turn_id)
-            _put(turns, key, (*key, None, None, provider, model, at, None, None, None), merge_turn)
-            row = (p.thread_id, None, None, None, provider, at if provider else None,
-                   model, at if model else None, at, at)  # fmt: skip
-            _put(sessions, (p.thread_id,), row, merge_session)
-        elif event.kind in _TERMINAL_STATUS and isinstance(
-            p, ev.TurnCompleted | ev.TurnFailed | ev.TurnEvent
-        ):
-            status = _TERMINAL_STATUS[event.kind]
-            error_kind = (p.error_kind or "unknown") if isinstance(p, ev.TurnFailed) else None
-            key = (p.thread_id, p.turn_id)
-            row = (*key, None, None, None, None, None, at, status, error_kind)
-            _put(turns, key, row, merge_turn)
-            if isinstance(p, ev.TurnCompleted | ev.TurnFailed):
+            _put(
+                turns, key, (*key, None, None, None, None, None, at, status, error_kind), merge_turn
+            )
+            if kind == "turn.completed" or kind == "turn.failed":
                 usage = _usage_row(p.thread_id, p.turn_id, at, p.usage)
                 if usage is not None:
                     _put(tokens, key, usage, merge_token_usage)
-        elif event.kind == "thread.created" and isinstance(p, ev.ThreadEvent):
+        elif kind == "thread.created":
             row = (p.thread_id, None, None, None, None, None, None, None, at, at)
-            _put(sessions, (p.thread_id,), row, merge_session)
+            _put(sessions, p.thread_id, row, merge_session)
+
+    for thread_id, (first, last, provider_at, provider, model_at, model) in inferred.items():
+        row = (thread_id, None, None, None, provider, provider_at, model, model_at, first, last)
+        _put(sessions, thread_id, row, merge_session)
 
     rows = Rows(
         sessions=list(sessions.values()),
