@@ -158,11 +158,7 @@ class Ingestor:
                     if progress is not None:
                         progress(done, len(events))
 
-        await run_pipeline(
-            produce,
-            stages(self.settings.workspace_labels),
-            self._writer(report),
-        )
+        await run_pipeline(produce, stages(self.settings.workspace_labels), self._writer(report))
         if self.strict and report.file_errors:
             raise StrictModeError(report.file_errors[0])
 

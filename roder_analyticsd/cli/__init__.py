@@ -95,8 +95,10 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
 
 
 def _register() -> None:
-    from roder_analyticsd.cli import data, serve, service, stats
+    from roder_analyticsd.cli import data, fleet, serve, service, stats
 
+    stats.stats.add_command(fleet.activity)
+    stats.stats.add_command(fleet.fleet)
     main.add_command(stats.stats)
     main.add_command(data.export_cmd)
     main.add_command(data.import_cmd)

@@ -760,7 +760,10 @@ async def activity_counts(
     by: str,
     loop_stage: str | None = None,
     user_sessions: bool = False,
+    f: Filters | None = None,
 ) -> list[dict[str, Any]]:
+    """Local analytics.v2 events per `by` key. `f` (optional) applies its
+    window (occurred_at_ms), thread, workspace and limit."""
     column = {
         "module": "module",
         "owner-module": "owner_module",
@@ -778,13 +781,31 @@ async def activity_counts(
         clauses.append(
             "module = 'session' AND owner_module = 'session' AND execution_kind = 'user_session'"
         )
+    limit = -1
+    if f is not None:
+        for clause, value in (
+            ("occurred_at_ms >= ?", f.since_ms),
+            ("occurred_at_ms < ?", f.until_ms),
+            ("thread_id = ?", f.thread),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if f.workspace is not None:
+            clauses.append(
+                "thread_id IN (SELECT thread_id FROM sessions"
+                " WHERE workspace_label = ? OR workspace_key = ?)"
+            )
+            params += [f.workspace, f.workspace]
+        limit = f.limit
     where = " AND ".join(clauses) or "1"
     rows = await _all(
         conn,
         f"""
         SELECT coalesce({column}, '(none)') AS k, count(*),
                count(*) FILTER (WHERE event_name = 'error_occurred')
-        FROM activity_v2 WHERE {where} GROUP BY k ORDER BY count(*) DESC, k ASC""",
+        FROM activity_v2 WHERE {where} GROUP BY k ORDER BY count(*) DESC, k ASC
+        LIMIT {int(limit)}""",
         params,
     )
     return [{"key": k, "events": n, "errorEvents": e} for k, n, e in rows]

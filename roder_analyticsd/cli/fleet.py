@@ -1,0 +1,218 @@
+"""`stats activity` and `stats fleet …`: analytics.v2 views of the store.
+
+`stats activity` slices local activity (`activity_v2`) by one attribute.
+`stats fleet` computes the fleet metrics of analytics-v2.md over local
+activity, events received by `serve`, or both (see v2/local.py for what a
+local row counts as). Both honour --since/--until (on the event's instant),
+--limit and --timezone; `stats activity` also --thread and --workspace.
+Filters that cannot apply are usage errors rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from roder_analyticsd.cli.common import UsageProblem, emit_json
+from roder_analyticsd.cli.stats import query_options, query_store
+
+# kept in step with store/queries.activity_counts and v2/local.py (not
+# imported: `--help` stays light)
+ACTIVITY_BY = (
+    "module",
+    "owner-module",
+    "execution-kind",
+    "loop-stage",
+    "outcome",
+    "phase",
+    "error-category",
+)
+LOOP_STAGES = (
+    "module_event",
+    "loop_start",
+    "model_request",
+    "model_response",
+    "tool_prepare",
+    "tool_call",
+    "permission_check",
+    "loop_end",
+)
+SOURCES = ("local", "collected", "all")
+USER_SESSIONS_HELP = (
+    "Ordinary user chat only: module=session, ownerModule=session, executionKind=user_session."
+)
+
+
+def _reject(opts: dict[str, Any], names: tuple[str, ...], what: str) -> None:
+    for name in names:
+        if opts[name] is not None:
+            raise UsageProblem(f"--{name} does not apply to {what}")
+
+
+@click.command()
+@query_options
+@click.option(
+    "--by",
+    "by",
+    type=click.Choice(ACTIVITY_BY),
+    required=True,
+    help="The analytics.v2 attribute to group by.",
+)
+@click.option("--loop-stage", type=click.Choice(LOOP_STAGES), help="Only events of this stage.")
+@click.option("--user-sessions", is_flag=True, help=USER_SESSIONS_HELP)
+def activity(by: str, loop_stage: str | None, user_sessions: bool, **opts: Any) -> None:
+    """Local activity in analytics.v2 terms, counted by one attribute.
+
+    Events and error events (error_occurred) per key, most first, then key;
+    a missing value counts as (none). Owners (ownerModule, executionKind)
+    are resolved as of now. --thread and --workspace keep that thread's or
+    workspace's events; --since/--until apply to each event's instant.
+    """
+    from roder_analyticsd.cli.stats import filters_from
+    from roder_analyticsd.store import queries
+
+    # only model_request events carry a provider/model: such a filter would
+    # silently drop every other stage
+    _reject(opts, ("tool", "provider", "model"), "stats activity")
+    f = filters_from(opts)
+    rows = query_store(opts, queries.activity_counts, by, loop_stage, user_sessions, f)
+    if opts["as_json"]:
+        emit_json(rows)
+        return
+    from roder_analyticsd.render import Column, count, percent, table
+
+    events = sum(r["events"] for r in rows)
+    errors = sum(r["errorEvents"] for r in rows)
+    columns = [
+        Column(by.replace("-", " ").capitalize(), lambda r: str(r["key"]), "Total", "left"),
+        Column("Events", lambda r: count(r["events"]), count(events)),
+        Column("Errors", lambda r: count(r["errorEvents"]), count(errors)),
+        Column(
+            "Error %",
+            lambda r: percent(r["errorEvents"] / r["events"] if r["events"] else None),
+            percent(errors / events if events else None),
+        ),
+    ]
+    table(columns, rows, empty="no activity matches", note=_limit_note(rows, f.limit))
+
+
+def _limit_note(rows: list[Any], limit: int) -> str | None:
+    return f"first {limit} rows (--limit)" if len(rows) >= limit else None
+
+
+@click.group()
+def fleet() -> None:
+    """Fleet metrics (analytics.v2) over local and received events.
+
+    --source local: this installation's activity; collected: events received
+    by `roder-analyticsd serve`; all (default): both. Days are calendar days
+    in --timezone; day series are oldest first and --limit keeps the most
+    recent days.
+    """
+
+
+def _fleet_command(metric: str, doc: str, *, user_sessions: bool = False):
+    def command(source: str, **opts: Any) -> None:
+        from roder_analyticsd.cli.stats import filters_from
+        from roder_analyticsd.v2 import local
+
+        _reject(
+            opts,
+            ("thread", "tool", "provider", "model", "workspace"),
+            "fleet metrics (analytics.v2 events carry no thread, tool or workspace)",
+        )
+        f = filters_from(opts)
+        only_users = bool(opts.pop("user_sessions", False))
+        rows = query_store(
+            opts,
+            lambda conn: local.fleet(
+                conn,
+                metric,
+                source=source,  # type: ignore[arg-type]
+                since_ms=f.since_ms,
+                until_ms=f.until_ms,
+                tz=f.tz,
+                user_sessions=only_users,
+                limit=f.limit,
+            ),
+        )
+        if opts["as_json"]:
+            emit_json(rows)
+            return
+        _render(metric, rows, f.limit)
+
+    command.__doc__ = doc
+    command = click.option(
+        "--source",
+        type=click.Choice(SOURCES),
+        default="all",
+        show_default=True,
+        help="local: this installation; collected: received by `serve`; all: both.",
+    )(command)
+    if user_sessions:
+        command = click.option("--user-sessions", is_flag=True, help=USER_SESSIONS_HELP)(command)
+    command = query_options(command)
+    return fleet.command(metric)(command)
+
+
+_fleet_command(
+    "dau",
+    "Daily active installations: distinct installationId per day with any event.",
+)
+_fleet_command(
+    "instances",
+    "Distinct instanceId per day (a local row's instance is its installation).",
+)
+_fleet_command("modules", "Events by properties.module, most first.")
+_fleet_command(
+    "errors",
+    "Events and error events by module, loop stage and outcome; most errors first.",
+)
+_fleet_command(
+    "sessions",
+    "Distinct sessions per day (local: thread ids; received: hashed session ids).",
+    user_sessions=True,
+)
+
+_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dau": (("day", "Day"), ("installations", "Installations")),
+    "instances": (("day", "Day"), ("instances", "Instances")),
+    "modules": (("module", "Module"), ("events", "Events")),
+    "errors": (
+        ("module", "Module"),
+        ("loopStage", "Loop stage"),
+        ("outcome", "Outcome"),
+        ("events", "Events"),
+        ("errorEvents", "Errors"),
+    ),
+    "sessions": (("day", "Day"), ("sessions", "Sessions")),
+}
+
+
+def _render(metric: str, rows: list[dict[str, Any]], limit: int) -> None:
+    from roder_analyticsd.render import Column, count, table
+
+    def cell(key: str):
+        def show(row: dict[str, Any]) -> str:
+            value = row[key]
+            if isinstance(value, int):
+                return count(value)
+            return "—" if value is None else str(value)
+
+        return show
+
+    summed = {"events", "errorEvents"}  # per-day distinct counts do not add up
+    columns = [
+        Column(
+            header,
+            cell(key),
+            count(sum(r[key] for r in rows)) if key in summed else ("Total" if i == 0 else ""),
+            "left" if i == 0 or key in ("loopStage", "outcome") else "right",
+        )
+        for i, (key, header) in enumerate(_HEADERS[metric])
+    ]
+    note = _limit_note(rows, limit)
+    if note and metric in ("dau", "instances", "sessions"):
+        note = f"most recent {limit} days (--limit)"
+    table(columns, rows, totals=metric in ("modules", "errors"), empty="no events match", note=note)

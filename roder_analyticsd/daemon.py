@@ -1,0 +1,442 @@
+"""The live daemon: `roder-analyticsd` with no sub-command.
+
+It takes the store's lock, catches up on everything (as `--once` does), then
+follows the watcher: each batch of changed thread dirs goes through the same
+`Ingestor` (source → stages → writer) from the files' checkpoints. A slow
+periodic rescan backs up the watcher; rollups of the days written since are
+refreshed on a schedule, retention is applied daily.
+
+Exactness rests on the writer: rows and the checkpoints of the lines they
+came from commit in one transaction (and so do the days they made dirty),
+so a kill -9 at any instant loses nothing and counts nothing twice. Every
+failure to write (store locked, disk full) is therefore safe to retry: the
+changes are queued again and the same lines are read again from the same
+checkpoints once the store takes writes again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import click
+import structlog
+
+from roder_analyticsd.config import Settings
+from roder_analyticsd.ingest import Ingestor, Report
+from roder_analyticsd.live.lock import LockHeld, StoreLock
+from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
+from roder_analyticsd.live.watcher import Changes, Watcher
+from roder_analyticsd.logs import configure_logging
+from roder_analyticsd.pipeline.source import EVENTS_FILE, METADATA_FILE, discover
+from roder_analyticsd.store.connection import describe_sqlite_error, open_store
+from roder_analyticsd.store.maintenance import dirty_days, prune, refresh_rollups
+from roder_analyticsd.store.schema import StoreError
+
+log = structlog.get_logger()
+
+CATCH_UP_FILES = 256  # files per catch-up pass: a stop request is honoured between passes
+BULK_FLUSH_INTERVAL = 1.0  # as `--once`
+WAL_AUTOCHECKPOINT = 1000  # SQLite's default, pages
+MAX_REMEMBERED_ERRORS = 10_000
+
+
+def run_daemon(settings: Settings) -> None:
+    """Run in the foreground until SIGTERM/SIGINT; exit 0 after a clean stop."""
+    from roder_analyticsd.cli.common import Failure
+
+    configure_logging()
+    try:
+        options, unknown = parse_options(settings.daemon)
+    except OptionsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if unknown:
+        log.warning("unknown_daemon_settings", count=len(unknown), error=", ".join(unknown))
+    if not settings.enabled:
+        log.info("analytics_disabled")
+        return
+    lock = StoreLock(settings.store)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise Failure(f"{exc} ({settings.store})") from None
+    except OSError as exc:
+        raise Failure(f"cannot lock store {settings.store}: {exc.strerror or exc}") from None
+    try:
+        anyio.run(Daemon(settings, options).run)
+    except StoreError as exc:
+        log.error("daemon_failed", error=str(exc))
+        raise Failure(str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
+        pass
+    finally:
+        lock.release()
+
+
+def store_failure(exc: BaseException) -> Exception | None:
+    """The store error behind `exc` (itself, or the first of a group made
+    only of store errors); None for anything else, which is a bug."""
+    if isinstance(exc, sqlite3.Error | StoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [store_failure(inner) for inner in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None
+
+
+class Daemon:
+    """One run of the daemon; all store work happens in `_work`, one step at
+    a time, on one connection. The watcher and the timers only record what
+    is due and wake it."""
+
+    def __init__(self, settings: Settings, options: DaemonOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.pending = Changes()
+        self.rescan_due = False
+        self.rollup_due = False
+        self.retention_due = False
+        self.store_trouble: str | None = None
+        self.backoff = min(options.retry_min, options.retry_max)
+        self.file_errors: dict[str, str] = {}  # relative path → message, logged once
+        self.parse_errors_seen: set[tuple[str, int]] = set()
+        self.missing_before: set[str] = set()  # checkpoints whose file was gone last rescan
+        self.watcher = Watcher(
+            settings.data_dir,
+            self._notify,
+            step_ms=options.watch_step_ms,
+            debounce_ms=int(options.flush_interval * 1000),
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def run(self) -> None:
+        settings = self.settings
+        self.wake = anyio.Event()
+        self.stop_requested = anyio.Event()
+        # from here on SIGTERM/SIGINT mean "stop cleanly", even during start-up
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            conn = await open_store(settings.store)
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {self.options.busy_timeout_ms}")
+                self.conn = conn
+                self.ingestor = Ingestor(
+                    conn, settings, strict=False, flush_interval=self.options.flush_interval
+                )
+                await self.ingestor.start()
+                async with conn.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                log.info(
+                    "daemon_started",
+                    pid=os.getpid(),
+                    store=str(settings.store),
+                    data_dir=str(settings.data_dir),
+                    schema_version=row[0] if row else None,
+                    files=len(self.ingestor.checkpoints),
+                )
+                async with anyio.create_task_group() as tg:
+                    self.tg = tg
+                    self.work_scope = anyio.CancelScope()
+                    tg.start_soon(self._handle_signals, signals)
+                    tg.start_soon(self.watcher.run)  # before catch-up: nothing slips between
+                    tg.start_soon(self._timers)
+                    with self.work_scope:
+                        await self._work()
+                    self.watcher.stop()
+                    self.stop_requested.set()
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+        log.info("daemon_stopped")
+
+    async def _handle_signals(self, signals) -> None:
+        async for signum in signals:
+            if self.stop_requested.is_set():
+                self.work_scope.cancel()  # a second signal: stop now
+                continue
+            log.info("daemon_stopping", signal=signal.Signals(signum).name)
+            self.stop_requested.set()
+            self.watcher.stop()
+            self.wake.set()
+            self.tg.start_soon(self._abandon_after_grace)
+
+    async def _abandon_after_grace(self) -> None:
+        # The write in flight gets a grace period; after it the transaction
+        # is rolled back (its lines are simply read again next start).
+        await anyio.sleep(self.options.stop_grace)
+        self.work_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set()
+
+    # -- the work loop -----------------------------------------------------
+
+    def _notify(self, changes: Changes) -> None:
+        self.pending.events |= changes.events
+        self.pending.metadata |= changes.metadata
+        self.pending.rescan |= changes.rescan
+        self.wake.set()
+
+    def _has_work(self) -> bool:
+        p = self.pending
+        return bool(
+            p.events or p.metadata or p.rescan or self.rescan_due or self.rollup_due
+            or self.retention_due
+        )  # fmt: skip
+
+    async def _work(self) -> None:
+        await self._catch_up()
+        if self.settings.forward_endpoint and not self.stopping:
+            self.tg.start_soon(self._forward)
+        while not self.stopping:
+            if not self._has_work():
+                await self.wake.wait()
+                self.wake = anyio.Event()
+                continue
+            await self._step()
+        # SIGTERM: write what is already known, then bring the rollups up to date
+        await self._step()
+        await self._refresh_rollups()
+
+    async def _catch_up(self) -> None:
+        began = time.monotonic()
+        report = Report()
+        events, metadata = discover(self.settings.data_dir)
+        # a backlog is a backfill: full batches, one WAL checkpoint at the
+        # end (as `--once`)
+        self.ingestor.flush_interval = max(BULK_FLUSH_INTERVAL, self.options.flush_interval)
+        await self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            for start in range(0, len(events), CATCH_UP_FILES):
+                chunk = (
+                    events[start : start + CATCH_UP_FILES],
+                    metadata[start : start + CATCH_UP_FILES],
+                )
+                while not self.stopping and not await self._ingest(*chunk, report):
+                    pass  # the store refused the write: retried after a backoff
+                if self.stopping:
+                    return
+        finally:
+            self.ingestor.flush_interval = self.options.flush_interval
+            with anyio.CancelScope(shield=True):
+                await self._end_bulk()
+        while not self.stopping and not await self._retention():
+            pass
+        while not self.stopping and not await self._refresh_rollups():
+            pass
+        self.retention_due = self.rollup_due = False
+        log.info(
+            "catch_up_done",
+            files=report.files_scanned,
+            lines=report.lines_ingested,
+            parse_errors=len(report.parse_errors),
+            file_errors=len(report.file_errors),
+            seconds=round(time.monotonic() - began, 3),
+        )
+
+    async def _end_bulk(self) -> None:
+        try:
+            await self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a reader in the way: the next commits checkpoint as usual
+
+    async def _step(self) -> None:
+        changes, self.pending = self.pending, Changes()
+        rescan = changes.rescan or self.rescan_due
+        self.rescan_due = False
+        if rescan:
+            events, metadata = discover(self.settings.data_dir)
+        else:
+            events = [d / EVENTS_FILE for d in sorted(changes.events)]
+            metadata = [d / METADATA_FILE for d in sorted(changes.metadata)]
+        if events or metadata:
+            if not await self._ingest(events, metadata, Report()):
+                self._notify(changes)  # try again once the store takes writes
+                self.rescan_due |= rescan
+                return
+            if rescan:
+                await self._drop_missing(events)
+        if self.retention_due and await self._retention():
+            self.retention_due = False
+        if self.rollup_due and await self._refresh_rollups():
+            self.rollup_due = False
+
+    async def _ingest(self, events: list[Path], metadata: list[Path], report: Report) -> bool:
+        """One pass through the Ingestor; False (after a backoff) when the
+        store refused it. What committed before a failure stays committed,
+        with its checkpoints; the rest is read again by the retry."""
+        before = len(report.parse_errors), len(report.file_errors)
+        try:
+            await self.ingestor.ingest(events, metadata, report)
+        except Exception as exc:
+            if (failure := store_failure(exc)) is None:
+                raise
+            await self._store_failed(failure)
+            return False
+        self._store_ok()
+        self._log_problems(report, *before, events + metadata)
+        return True
+
+    # -- maintenance ---------------------------------------------------------
+
+    async def _retention(self) -> bool:
+        try:
+            pruned = await prune(self.conn, self.settings.retention_days)
+        except Exception as exc:
+            if (failure := store_failure(exc)) is None:
+                raise
+            await self._store_failed(failure)
+            return False
+        self._store_ok()
+        if pruned:
+            log.info("retention_applied", rows_pruned=pruned)
+        return True
+
+    async def _refresh_rollups(self) -> bool:
+        try:
+            days = await dirty_days(self.conn)
+            rows = await refresh_rollups(self.conn) if days else 0
+        except Exception as exc:
+            if (failure := store_failure(exc)) is None:
+                raise
+            await self._store_failed(failure)
+            return False
+        self._store_ok()
+        if days:
+            log.info("rollups_refreshed", days=len(days), rows=rows)
+        return True
+
+    async def _drop_missing(self, events: list[Path]) -> None:
+        """Forget checkpoints of files gone from two rescans in a row (a
+        deleted thread dir). Two, because a dir being archived can be in
+        neither place for an instant. Forgetting is always safe: should the
+        file come back, re-reading it changes nothing."""
+        present: set[str] = set()
+        for path in events:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            present.add(f"{st.st_dev}:{st.st_ino}")
+        missing = {key for key in self.ingestor.checkpoints if key not in present}
+        gone = missing & self.missing_before
+        self.missing_before = missing - gone
+        if not gone:
+            return
+        try:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self.conn.executemany(
+                    "DELETE FROM files WHERE file_key = ?", [(key,) for key in sorted(gone)]
+                )
+                await self.conn.commit()
+            except BaseException:
+                await self.conn.rollback()
+                raise
+        except sqlite3.Error as exc:
+            await self._store_failed(exc)
+            self.missing_before |= gone
+            return
+        for key in gone:
+            self.ingestor.checkpoints.pop(key, None)
+        log.info("files_dropped", files=len(gone))
+
+    # -- problems ------------------------------------------------------------
+
+    async def _store_failed(self, exc: Exception) -> None:
+        """Log the first failure of a kind, then back off (interruptibly)."""
+        if isinstance(exc, sqlite3.Error):
+            message = describe_sqlite_error(exc, self.settings.store)
+        else:
+            message = str(exc)
+        if message != self.store_trouble:
+            log.error("store_write_failed", error=message, retry_in_s=self.backoff)
+            self.store_trouble = message
+        with anyio.move_on_after(self.backoff):
+            await self.stop_requested.wait()
+        self.backoff = min(self.backoff * 2, self.options.retry_max)
+
+    def _store_ok(self) -> None:
+        if self.store_trouble is not None:
+            log.info("store_writable_again")
+            self.store_trouble = None
+        self.backoff = min(self.options.retry_min, self.options.retry_max)
+
+    def _log_problems(
+        self, report: Report, parse_from: int, file_from: int, attempted: list[Path]
+    ) -> None:
+        for err in report.parse_errors[parse_from:]:
+            key = (err.path, err.line)
+            if key in self.parse_errors_seen:
+                continue
+            if len(self.parse_errors_seen) >= MAX_REMEMBERED_ERRORS:
+                self.parse_errors_seen.clear()
+            self.parse_errors_seen.add(key)
+            log.warning("corrupt_line_skipped", path=err.path, line=err.line, error=err.message)
+        failed: dict[str, str] = {}
+        for ferr in report.file_errors[file_from:]:
+            failed[ferr.path] = ferr.message
+            if self.file_errors.get(ferr.path) != ferr.message:
+                log.warning("file_unreadable", path=ferr.path, error=ferr.message)
+        data_dir = self.settings.data_dir
+        for path in attempted:
+            rel = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else None
+            if rel in self.file_errors and rel not in failed:
+                del self.file_errors[rel]
+                log.info("file_readable_again", path=rel)
+        self.file_errors.update(failed)
+
+    # -- schedules -------------------------------------------------------------
+
+    async def _timers(self) -> None:
+        opts = self.options
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._every, opts.rescan_interval, self._due_rescan)
+            tg.start_soon(self._every, opts.rollup_interval, self._due_rollup)
+            tg.start_soon(self._every, opts.retention_interval, self._due_retention)
+            tg.start_soon(self._every, opts.file_retry_interval, self._retry_files)
+
+    async def _every(self, interval: float, action) -> None:
+        while True:
+            await anyio.sleep(interval)
+            action()
+            self.wake.set()
+
+    def _due_rescan(self) -> None:
+        self.rescan_due = True
+
+    def _due_rollup(self) -> None:
+        self.rollup_due = True
+
+    def _due_retention(self) -> None:
+        self.retention_due = True
+
+    def _retry_files(self) -> None:
+        # an unreadable file's dir is read again (besides every rescan)
+        for rel in self.file_errors:
+            thread_dir = (self.settings.data_dir / rel).parent
+            if rel.endswith(METADATA_FILE):
+                self.pending.metadata.add(thread_dir)
+            else:
+                self.pending.events.add(thread_dir)
+
+    # -- forwarding (opt-in) ------------------------------------------------------
+
+    async def _forward(self) -> None:
+        from roder_analyticsd.forwarding import run_forwarding
+
+        try:
+            await run_forwarding(
+                self.settings.store, self.settings, uuid.uuid4().hex, stop_event=self.stop_requested
+            )
+        except Exception as exc:  # noqa: BLE001 - forwarding never takes ingestion down
+            log.error("forwarding_stopped", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,230 @@
+"""Local activity in analytics.v2 terms: fleet metrics over the store's
+sources, and the events the forwarder sends.
+
+Sources (all in the one store, see store/schema.py migration 3):
+
+- `local`: the view `local_v2_events` over `activity_v2`. It has one
+  installation (meta `installation_id`); a local row belongs to no process,
+  so its instance_id is the installation id too (`stats fleet instances
+  --source local` counts 1 per active day); session_id is the raw thread id
+  (distinct counts are what matter; the hash is applied when an event
+  leaves the machine).
+- `collected`: the table `collected_events` (what `serve` received).
+- `all`: both, UNION ALL. An event is counted where it is: a local event
+  that was also forwarded to a receiver writing this same store would be
+  counted twice.
+
+Fleet days are calendar days in the requested time zone. For a zone other
+than UTC every row's instant is shifted by that zone's offset at that instant
+(a SQL function), so `collected.build_fleet_query`'s UTC day of the shifted
+instant is the local day, exact across DST changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Literal
+
+import aiosqlite
+
+from roder_analyticsd import __version__
+from roder_analyticsd.pipeline.attribute import event_id_hex
+from roder_analyticsd.v2 import collected
+from roder_analyticsd.v2.model import AnalyticsEvent
+from roder_analyticsd.v2.redact import hash24, redact_event
+
+Source = Literal["local", "collected", "all"]
+SOURCES: tuple[str, ...] = ("local", "collected", "all")
+METRICS: tuple[str, ...] = ("dau", "instances", "modules", "errors", "sessions")
+DAY_METRICS = frozenset(("dau", "instances", "sessions"))
+LOCAL_VIEW = "local_v2_events"
+_TABLES = {"local": LOCAL_VIEW, "collected": collected.COLLECTED}
+_OFFSET_FN = "roder_tz_offset_ms"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_UTC_NAMES = frozenset(("UTC", "UCT", "UNIVERSAL", "ZULU", "GMT", "GMT0", "GMT+0", "GMT-0", "Z"))
+
+
+def _is_utc(tz: tzinfo) -> bool:
+    # by name: a zone at +0 today may not have been in other years
+    return str(getattr(tz, "key", tz)).upper().removeprefix("ETC/") in _UTC_NAMES
+
+
+def fleet_source(
+    source: Source,
+    *,
+    shifted: bool = False,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> str:
+    """The SQL `source` for `collected.build_fleet_query`.
+
+    `shifted`: instants are moved by the time-zone offset function and the
+    window (on the real instants) is applied here, so the caller passes no
+    since/until to build_fleet_query.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown fleet source {source!r}")
+    cols = ", ".join(collected.SOURCE_COLUMNS)
+    if source == "all":
+        inner = (
+            f"SELECT {cols} FROM {LOCAL_VIEW} UNION ALL SELECT {cols} FROM {collected.COLLECTED}"
+        )
+    elif not shifted:
+        return _TABLES[source]
+    else:
+        inner = f"SELECT {cols} FROM {_TABLES[source]}"
+    if not shifted:
+        return f"({inner})"
+    moved = ", ".join(
+        f"occurred_at_ms + {_OFFSET_FN}(occurred_at_ms) AS occurred_at_ms"
+        if c == "occurred_at_ms"
+        else c
+        for c in collected.SOURCE_COLUMNS
+    )
+    where = [
+        f"occurred_at_ms {op} {int(bound)}"  # ints chosen by code: safe to inline
+        for op, bound in ((">=", since_ms), ("<", until_ms))
+        if bound is not None
+    ]
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"(SELECT {moved} FROM ({inner}){cond})"
+
+
+def _offset_ms(tz: tzinfo):
+    def offset(ms: int | None) -> int:
+        if ms is None:
+            return 0
+        try:
+            moment = (_EPOCH + timedelta(milliseconds=ms)).astimezone(tz)
+        except (OverflowError, ValueError):
+            return 0
+        delta = moment.utcoffset() or timedelta(0)
+        return delta // timedelta(milliseconds=1)
+
+    return offset
+
+
+async def fleet(
+    conn: aiosqlite.Connection,
+    metric: str,
+    *,
+    source: Source = "all",
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    tz: tzinfo = UTC,
+    user_sessions: bool = False,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One `stats fleet` metric (the cli.md JSON keys). Day series are in
+    ascending day order; `limit` keeps their most recent days, and the
+    first rows of the other metrics."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown fleet metric {metric!r}")
+    if _is_utc(tz):
+        src = fleet_source(source)
+        window = {"since_ms": since_ms, "until_ms": until_ms}
+    else:
+        await conn.create_function(_OFFSET_FN, 1, _offset_ms(tz), deterministic=True)
+        src = fleet_source(source, shifted=True, since_ms=since_ms, until_ms=until_ms)
+        window = {}
+    rows = await collected.fleet(
+        conn,
+        metric,  # type: ignore[arg-type]
+        source=src,
+        user_sessions=user_sessions and metric == "sessions",
+        **window,
+    )
+    if limit is not None and len(rows) > limit:
+        rows = rows[-limit:] if metric in DAY_METRICS else rows[:limit]
+    return rows
+
+
+# --- local activity as AnalyticsEvents (for the forwarder) -------------------
+
+_EVENT_COLUMNS = (
+    "a.event_id, a.thread_id, a.occurred_at_ms, a.event_name, a.module, a.owner_module,"
+    " a.execution_kind, a.loop_stage, a.outcome, a.error_category, a.phase, a.provider, a.model"
+)
+_PROPERTY_KEYS = (
+    "module",
+    "ownerModule",
+    "executionKind",
+    "loopStage",
+    "outcome",
+    "errorCategory",
+    "phase",
+    "provider",
+    "model",
+)
+
+
+def rfc3339_ms(ms: int) -> str:
+    """`2025-03-01T12:00:00.123Z` (UTC, milliseconds)."""
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_id(thread_id: str | None) -> str | None:
+    """A thread id never leaves the machine: the first 24 hex of its SHA-256."""
+    return hash24(thread_id) if thread_id else None
+
+
+def to_event(
+    row: Sequence[Any], *, installation_id: str, instance_id: str
+) -> AnalyticsEvent | None:
+    """One `activity_v2` row (`_EVENT_COLUMNS` order) as a redacted event;
+    None when its instant cannot be written as RFC 3339."""
+    event_id, thread_id, at_ms, event_name, *values = row
+    try:
+        occurred_at = rfc3339_ms(at_ms)
+    except (OverflowError, TypeError):
+        return None
+    properties = {k: v for k, v in zip(_PROPERTY_KEYS, values, strict=True) if v}
+    return redact_event(
+        AnalyticsEvent(
+            schema_version="analytics.v2",
+            event_id=event_id_hex(event_id),
+            event_name=event_name,
+            occurred_at=occurred_at,
+            installation_id=installation_id,
+            instance_id=instance_id,
+            deployment_mode="unknown",  # how Roder itself was installed is not recorded
+            session_id=session_id(thread_id),
+            commit_hash="unknown",
+            app_version=__version__,
+            platform=sys.platform,
+            properties=properties,
+        )
+    )
+
+
+async def events_for(
+    conn: aiosqlite.Connection,
+    activity_ids: Sequence[int],
+    *,
+    installation_id: str,
+    instance_id: str,
+) -> list[AnalyticsEvent]:
+    """The events of these activity rows, owner attribution as known now.
+    Rows gone (pruned, rebuilt away) or already acknowledged are skipped."""
+    if not activity_ids:
+        return []
+    sql = f"""
+        SELECT {_EVENT_COLUMNS} FROM activity_v2 a
+        WHERE a.event_id IN (SELECT value FROM json_each(?))
+          AND NOT EXISTS (SELECT 1 FROM forward_acked k
+                          WHERE k.event_id = printf('%016x', a.event_id))
+        ORDER BY a.occurred_at_ms, a.event_id"""
+    async with conn.execute(sql, (json.dumps(list(activity_ids)),)) as cur:
+        rows = await cur.fetchall()
+    out = []
+    for row in rows:
+        ev = to_event(row, installation_id=installation_id, instance_id=instance_id)
+        if ev is not None:
+            out.append(ev)
+    return out

@@ -1,0 +1,197 @@
+"""Incremental rollups equal a full recompute: exact touched days, dirty
+days that survive a crash, and retention that recomputes what it prunes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import anyio
+
+from roder_analyticsd.config import load_settings
+from roder_analyticsd.ingest import Ingestor, Report, run_once
+from roder_analyticsd.pipeline.source import discover
+from roder_analyticsd.store.connection import open_store
+from roder_analyticsd.store.maintenance import DAY_MS, all_days, prune, refresh_rollups
+
+D1 = 1_790_899_200_000  # 2026-10-02T00:00:00Z
+D2 = D1 + DAY_MS
+ROLLUP_COLUMNS = """day, scope, key, turns, tool_calls, tool_errors, tool_duration_ms,
+    prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens,
+    cache_creation_prompt_tokens"""
+
+
+def ts(ms: int) -> str:
+    import time
+
+    secs, frac = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
+
+
+def line(ms: int, kind: str, variant: str, thread: str = "thr-1", turn: str = "turn-1", **p):
+    payload = {"thread_id": thread, "turn_id": turn, "timestamp": ts(ms), **p}
+    env = {"event_id": f"evt-{kind}-{ms}-{thread}-{turn}", "seq": 1, "timestamp": ts(ms),
+           "source": "Core", "kind": kind, "thread_id": thread, "turn_id": turn,
+           "event": {variant: payload}}  # fmt: skip
+    return json.dumps(env) + "\n"
+
+
+def tool_start(ms: int, tool_id: str, name: str, **kw) -> str:
+    return line(ms, "tool.call_started", "ToolCallStarted", tool_id=tool_id, tool_name=name, **kw)
+
+
+def tool_end(ms: int, tool_id: str, name: str, **kw) -> str:
+    kind, variant = "tool.call_completed", "ToolCallCompleted"
+    return line(ms, kind, variant, tool_id=tool_id, tool_name=name, **kw)
+
+
+USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+
+
+def write(data_dir: Path, thread_dir: str, *lines: str) -> None:
+    path = data_dir / "threads" / thread_dir / "events.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write("".join(lines))
+
+
+def once(data_dir: Path, store: Path) -> None:
+    async def go() -> None:
+        conn = await open_store(store)
+        try:
+            await run_once(conn, load_settings(data_dir, store), rebuild=False, strict=False)
+        finally:
+            await conn.close()
+
+    anyio.run(go)
+
+
+def rollups(store: Path) -> list[tuple]:
+    with sqlite3.connect(store) as conn:
+        return conn.execute(
+            f"SELECT {ROLLUP_COLUMNS} FROM daily_rollups ORDER BY 1, 2, 3"
+        ).fetchall()
+
+
+def recomputed(store: Path, tmp_path: Path) -> list[tuple]:
+    """Every rollup recomputed from the raw rows, in a copy of the store."""
+    copy = tmp_path / "recompute.sqlite3"
+    copy.unlink(missing_ok=True)
+    with sqlite3.connect(store) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+
+    async def go() -> None:
+        conn = await open_store(copy)
+        try:
+            await conn.execute("DELETE FROM daily_rollups")
+            await refresh_rollups(conn, await all_days(conn))
+        finally:
+            await conn.close()
+
+    anyio.run(go)
+    return rollups(copy)
+
+
+def test_completion_in_a_later_batch_refreshes_its_start_day(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    started = line(D2 - 5000, "turn.started", "TurnStarted")
+    write(data_dir, "thr-1", started, tool_start(D2 - 100, "c1", "shell"))
+    once(data_dir, store)
+    completed = line(D2 + 400, "turn.completed", "TurnCompleted", usage=USAGE)
+    write(data_dir, "thr-1", tool_end(D2 + 300, "c1", "shell", is_error=True), completed)
+    once(data_dir, store)
+    got = rollups(store)
+    assert got == recomputed(store, tmp_path)
+    # the call belongs to its start's day, with its completion's facts
+    assert ("2026-10-02", "tool", "shell", 0, 1, 1, 400, 0, 0, 0, 0, 0) in got
+
+
+def test_a_late_start_moves_the_call_off_its_completion_day(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    # the completion is read first (another file of the same thread)...
+    write(data_dir, "a-first", tool_end(D2 + 300, "c1", "grep"))
+    once(data_dir, store)
+    assert [r[0] for r in rollups(store)] == ["2026-10-03", "2026-10-03"]
+    # ...then its start, on the day before
+    write(data_dir, "b-later", tool_start(D2 - 100, "c1", "grep"))
+    once(data_dir, store)
+    got = rollups(store)
+    assert got == recomputed(store, tmp_path)
+    assert {r[0] for r in got} == {"2026-10-02"}
+
+
+def test_a_model_learned_later_rekeys_the_token_day(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    completed = line(D1 + 900, "turn.completed", "TurnCompleted", usage=USAGE)
+    write(data_dir, "thr-1", line(D1 + 10, "turn.started", "TurnStarted"), completed)
+    once(data_dir, store)
+    model = {"provider": "openai", "model": "gpt-5"}
+    inference = line(D1 + 20, "inference.started", "InferenceStarted", engine_id="e", model=model)
+    write(data_dir, "thr-1-runtime", inference)
+    once(data_dir, store)
+    got = rollups(store)
+    assert got == recomputed(store, tmp_path)
+    assert [r[2] for r in got if r[1] == "model"] == ["openai/gpt-5"]
+
+
+def test_days_written_before_a_crash_are_refreshed_next_run(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    write(
+        data_dir,
+        "thr-1",
+        line(D1 + 10, "turn.started", "TurnStarted"),
+        line(D2 + 10, "turn.started", "TurnStarted", turn="turn-2"),
+        line(D2 + 900, "turn.completed", "TurnCompleted", turn="turn-2", usage=USAGE),
+    )
+
+    async def ingest_without_refresh() -> None:  # the daemon, killed before its rollup refresh
+        conn = await open_store(store)
+        try:
+            ingestor = Ingestor(conn, load_settings(data_dir, store), strict=False)
+            await ingestor.start()
+            await ingestor.ingest(*discover(data_dir), Report())
+        finally:
+            await conn.close()
+
+    anyio.run(ingest_without_refresh)
+    assert rollups(store) == []
+    once(data_dir, store)  # nothing new to read, yet the dirty days are refreshed
+    got = rollups(store)
+    assert got == recomputed(store, tmp_path) and {r[0] for r in got} == {
+        "2026-10-02",
+        "2026-10-03",
+    }
+
+
+def test_retention_recomputes_the_days_it_prunes(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    lines = []
+    for i in range(8):  # a turn and a call every 6 hours over two days
+        at = D1 + i * 6 * 3_600_000
+        turn = f"turn-{i}"
+        lines += [
+            line(at, "turn.started", "TurnStarted", turn=turn),
+            tool_start(at + 5, "c", "shell", turn=turn),
+            tool_end(at + 50, "c", "shell", turn=turn),
+            line(at + 60, "turn.completed", "TurnCompleted", turn=turn, usage=USAGE),
+        ]
+    write(data_dir, "thr-1", *lines)
+    write(data_dir, "thr-old", line(D1 - 3 * DAY_MS, "turn.started", "TurnStarted", "thr-old"))
+    once(data_dir, store)
+
+    async def apply(now_ms: int) -> int:
+        conn = await open_store(store)
+        try:
+            return await prune(conn, 1, now_ms=now_ms)
+        finally:
+            await conn.close()
+
+    # the cutoff falls in the middle of the first day
+    assert anyio.run(apply, D1 + DAY_MS + 13 * 3_600_000) > 0
+    got = rollups(store)
+    assert got == recomputed(store, tmp_path)
+    assert ("2026-10-02", "all", "", 1) in [r[:4] for r in got]  # 18:00 survives
+    with sqlite3.connect(store) as conn:
+        sessions = {r[0] for r in conn.execute("SELECT thread_id FROM turns")}
+    assert sessions == {"thr-1"}
