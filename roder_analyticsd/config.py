@@ -25,6 +25,7 @@ class Settings:
     retention_days: int = 0
     collect_token: str | None = None
     forward_endpoint: str | None = None
+    forward_token: str | None = None
     forward_batch_size: int = 20
     daemon: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +95,7 @@ def load_settings(data_dir: Path | None = None, store: Path | None = None) -> Se
         retention_days=retention,
         collect_token=str(token) if token else None,
         forward_endpoint=str(endpoint) if endpoint else None,
+        forward_token=str(forward["token"]) if forward.get("token") else None,
         forward_batch_size=batch_size,
         daemon=_table(doc, "analytics", "daemon"),
     )

@@ -196,6 +196,11 @@ class Daemon:
         await self._catch_up()
         if self.settings.forward_endpoint and not self.stopping:
             self.tg.start_soon(self._forward)
+        elif not self.settings.forward_endpoint:
+            from roder_analyticsd.forwarding import disable_forwarding
+
+            # forwarding was turned off in config.toml: stop filling its outbox
+            await disable_forwarding(self.conn)
         while not self.stopping:
             if not self._has_work():
                 await self.wake.wait()

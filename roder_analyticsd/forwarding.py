@@ -219,7 +219,7 @@ async def run_forwarding(
     options: dict[str, Any] = {
         "batch_size": settings.forward_batch_size,
         # a receiver off loopback requires a bearer token (no such setting yet)
-        "token": getattr(settings, "forward_token", None),
+        "token": settings.forward_token,
         **(forwarder_options or {}),
     }
     conn = await open_store(Path(store_path))

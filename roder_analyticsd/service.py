@@ -217,8 +217,10 @@ def _daemon_command() -> list[str]:
     found = shutil.which(EXECUTABLE)
     if found:
         return [os.path.realpath(found)]
-    # Running from a checkout (`python -m roder_analyticsd`): use this interpreter.
-    return [os.path.realpath(sys.executable), "-m", "roder_analyticsd"]
+    # Running from a checkout (`python -m roder_analyticsd`): use this interpreter,
+    # not its resolved symlink: a venv's python links to a base interpreter that
+    # cannot import the venv's packages.
+    return [os.path.abspath(sys.executable), "-m", "roder_analyticsd"]
 
 
 def _require_tool(name: str) -> str:
