@@ -215,7 +215,8 @@ def test_without_console_script_runs_the_module(
     monkeypatch.setattr(sys, "argv", ["pytest"])
     _, content = install_service(dry_run=True)
     args = plistlib.loads(content.encode())["ProgramArguments"]
-    assert args == [os.path.realpath(sys.executable), "-m", "roder_analyticsd"]
+    # the venv interpreter itself, not the base interpreter its symlink points to
+    assert args == [os.path.abspath(sys.executable), "-m", "roder_analyticsd"]
 
 
 # --- real installs against fake tools ------------------------------------------------
