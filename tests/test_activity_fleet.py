@@ -325,7 +325,7 @@ def test_fleet_without_a_store_is_one_line(tmp_path):
 
 
 def test_migration_creates_collected_tables_as_collected_ddl(sample):
-    """The store's copy of v2/collected.DDL (migration 3) matches the DDL."""
+    """Migration 3 creates the receiver tables exactly as v2/collected.DDL does."""
 
     def shape(conn: sqlite3.Connection) -> dict[str, Any]:
         out = {}

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
-import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any
 import aiosqlite
 import anyio
 import pytest
-import uvicorn
+from conftest import serve_on_loopback
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,31 +30,15 @@ pytestmark = pytest.mark.anyio
 FAST = {"backoff_base": 0.001, "backoff_cap": 0.01}
 
 
+@contextmanager
+def running(app: Starlette) -> Iterator[str]:
+    with serve_on_loopback(app) as base:
+        yield f"{base}/collect"
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextmanager
-def running(app: Starlette) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on an ephemeral loopback port."""
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on such sockets.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}/collect"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 class Sink:

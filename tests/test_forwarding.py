@@ -7,10 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-import uvicorn
-from conftest import copy_sample, run_cli
+from conftest import copy_sample, run_cli, serve_on_loopback
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.forwarding import (
@@ -85,22 +81,8 @@ class Flaky:
 @contextmanager
 def receiver(db: Path, fail: int) -> Iterator[tuple[str, Flaky]]:
     app = Flaky(create_app(str(db), token=None), fail)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}/collect", app
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
+    with serve_on_loopback(app) as base:
+        yield f"{base}/collect", app
 
 
 def one(db: Path, sql: str) -> Any:

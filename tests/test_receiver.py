@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +14,7 @@ import aiosqlite
 import anyio
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
+from conftest import serve_on_loopback
 
 from roder_analyticsd.receiver import check_listen_allowed, create_app, serve
 from roder_analyticsd.v2.collected import (
@@ -28,29 +24,6 @@ from roder_analyticsd.v2.collected import (
     fleet_modules,
     fleet_sessions,
 )
-
-
-@contextlib.contextmanager
-def running(app: Starlette) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread on an ephemeral loopback port."""
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on such sockets
-    # (without it each keep-alive response waits ~40 ms for a delayed ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 @pytest.fixture
@@ -65,7 +38,7 @@ def start(db: Path) -> Iterator[Callable[..., str]]:
 
         def _start(**kwargs: Any) -> str:
             kwargs.setdefault("token", None)
-            return stack.enter_context(running(create_app(str(db), **kwargs)))
+            return stack.enter_context(serve_on_loopback(create_app(str(db), **kwargs)))
 
         yield _start
 

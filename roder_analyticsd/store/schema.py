@@ -14,6 +14,54 @@ import sqlite3
 
 import aiosqlite
 
+# The analytics.v2 receiver's and forwarder's tables (migration 3; the
+# receiver also creates them in a store of its own, see v2/collected.py).
+COLLECTED_DDL = """
+CREATE TABLE IF NOT EXISTS collected_events (
+    event_id TEXT PRIMARY KEY,
+    received_at_ms INTEGER NOT NULL,
+    occurred_at_ms INTEGER NOT NULL,
+    day TEXT NOT NULL,                  -- UTC YYYY-MM-DD of occurred_at_ms
+    event_name TEXT NOT NULL,           -- feature_used | error_occurred
+    installation_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    deployment_mode TEXT NOT NULL,
+    session_id TEXT,                    -- 24 lowercase hex
+    commit_hash TEXT NOT NULL,
+    app_version TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    module TEXT,                        -- properties.* when a string
+    owner_module TEXT,
+    execution_kind TEXT,
+    phase TEXT,
+    loop_stage TEXT,
+    outcome TEXT,
+    error_category TEXT,
+    provider TEXT,
+    model TEXT,
+    properties_json TEXT NOT NULL       -- redacted properties, keys sorted
+);
+CREATE INDEX IF NOT EXISTS collected_events_at ON collected_events (occurred_at_ms);
+CREATE INDEX IF NOT EXISTS collected_events_day_installation
+    ON collected_events (day, installation_id);
+CREATE INDEX IF NOT EXISTS collected_events_module
+    ON collected_events (module, loop_stage, outcome);
+
+-- unsent events of the forwarder, oldest first (by rowid)
+CREATE TABLE IF NOT EXISTS forward_queue (
+    event_id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,                 -- the redacted event, JSON
+    enqueued_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+
+-- acknowledged by the receiver: never enqueued again
+CREATE TABLE IF NOT EXISTS forward_acked (
+    event_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
+"""
+
+
 MIGRATIONS: list[str] = [
     # 1: the analytics tables, checkpoints, attribution, rollups
     """
@@ -182,59 +230,17 @@ MIGRATIONS: list[str] = [
         tool_name, (completed_at_ms - started_at_ms), started_at_ms, completed_at_ms, is_error);
     DROP INDEX IF EXISTS tool_calls_by_tool;
     """,
-    # 3: analytics.v2 in the same store. collected_events / forward_queue /
-    # forward_acked are a frozen copy of v2/collected.DDL (tests check they
-    # match). forward_outbox holds activity rows not yet handed to the
-    # forwarder; the trigger that fills it exists only while forwarding is
-    # on (see forwarding.py), so ingest pays nothing for it otherwise.
+    # 3: analytics.v2 in the same store: the receiver's and forwarder's
+    # tables (COLLECTED_DDL, also used by v2/collected.py). forward_outbox
+    # holds activity rows not yet handed to the forwarder; the trigger that
+    # fills it exists only while forwarding is on (see forwarding.py), so
+    # ingest pays nothing for it otherwise.
     # local_v2_events shows local activity with the columns of a fleet
     # source: one installation, and since local rows belong to no process,
     # instance_id = installation_id; session_id = the raw thread id (it is
     # only hashed when an event leaves the machine).
-    """
-    CREATE TABLE IF NOT EXISTS collected_events (
-        event_id TEXT PRIMARY KEY,
-        received_at_ms INTEGER NOT NULL,
-        occurred_at_ms INTEGER NOT NULL,
-        day TEXT NOT NULL,                  -- UTC YYYY-MM-DD of occurred_at_ms
-        event_name TEXT NOT NULL,           -- feature_used | error_occurred
-        installation_id TEXT NOT NULL,
-        instance_id TEXT NOT NULL,
-        deployment_mode TEXT NOT NULL,
-        session_id TEXT,                    -- 24 lowercase hex
-        commit_hash TEXT NOT NULL,
-        app_version TEXT NOT NULL,
-        platform TEXT NOT NULL,
-        module TEXT,                        -- properties.* when a string
-        owner_module TEXT,
-        execution_kind TEXT,
-        phase TEXT,
-        loop_stage TEXT,
-        outcome TEXT,
-        error_category TEXT,
-        provider TEXT,
-        model TEXT,
-        properties_json TEXT NOT NULL       -- redacted properties, keys sorted
-    );
-    CREATE INDEX IF NOT EXISTS collected_events_at ON collected_events (occurred_at_ms);
-    CREATE INDEX IF NOT EXISTS collected_events_day_installation
-        ON collected_events (day, installation_id);
-    CREATE INDEX IF NOT EXISTS collected_events_module
-        ON collected_events (module, loop_stage, outcome);
-
-    -- unsent events of the forwarder, oldest first (by rowid)
-    CREATE TABLE IF NOT EXISTS forward_queue (
-        event_id TEXT PRIMARY KEY,
-        body BLOB NOT NULL,                 -- the redacted event, JSON
-        enqueued_at_ms INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
-    );
-
-    -- acknowledged by the receiver: never enqueued again
-    CREATE TABLE IF NOT EXISTS forward_acked (
-        event_id TEXT PRIMARY KEY
-    ) WITHOUT ROWID;
-
+    COLLECTED_DDL
+    + """
     CREATE TABLE forward_outbox (
         event_id INTEGER PRIMARY KEY        -- activity.event_id
     );

@@ -21,53 +21,12 @@ import aiosqlite
 import anyio
 import msgspec
 
+from roder_analyticsd.store.schema import COLLECTED_DDL
 from roder_analyticsd.v2.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
 from roder_analyticsd.v2.redact import redact_event
 
-DDL = """
-CREATE TABLE IF NOT EXISTS collected_events (
-    event_id TEXT PRIMARY KEY,
-    received_at_ms INTEGER NOT NULL,
-    occurred_at_ms INTEGER NOT NULL,
-    day TEXT NOT NULL,                  -- UTC YYYY-MM-DD of occurred_at_ms
-    event_name TEXT NOT NULL,           -- feature_used | error_occurred
-    installation_id TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    deployment_mode TEXT NOT NULL,
-    session_id TEXT,                    -- 24 lowercase hex
-    commit_hash TEXT NOT NULL,
-    app_version TEXT NOT NULL,
-    platform TEXT NOT NULL,
-    module TEXT,                        -- properties.* when a string
-    owner_module TEXT,
-    execution_kind TEXT,
-    phase TEXT,
-    loop_stage TEXT,
-    outcome TEXT,
-    error_category TEXT,
-    provider TEXT,
-    model TEXT,
-    properties_json TEXT NOT NULL       -- redacted properties, keys sorted
-);
-CREATE INDEX IF NOT EXISTS collected_events_at ON collected_events (occurred_at_ms);
-CREATE INDEX IF NOT EXISTS collected_events_day_installation
-    ON collected_events (day, installation_id);
-CREATE INDEX IF NOT EXISTS collected_events_module
-    ON collected_events (module, loop_stage, outcome);
-
--- unsent events of the forwarder, oldest first (by rowid)
-CREATE TABLE IF NOT EXISTS forward_queue (
-    event_id TEXT PRIMARY KEY,
-    body BLOB NOT NULL,                 -- the redacted event, JSON
-    enqueued_at_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-
--- acknowledged by the receiver: never enqueued again
-CREATE TABLE IF NOT EXISTS forward_acked (
-    event_id TEXT PRIMARY KEY
-) WITHOUT ROWID;
-"""
+# the receiver's and the forwarder's tables live in the one store
+DDL = COLLECTED_DDL
 
 # Columns a fleet `source` (table, view or parenthesized subquery) must have.
 SOURCE_COLUMNS = (
