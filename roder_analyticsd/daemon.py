@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
@@ -280,45 +281,41 @@ class Daemon:
         store refused it. What committed before a failure stays committed,
         with its checkpoints; the rest is read again by the retry."""
         before = len(report.parse_errors), len(report.file_errors)
+        if not await self._guarded(self.ingestor.ingest(events, metadata, report)):
+            return False
+        self._log_problems(report, *before, events + metadata)
+        return True
+
+    async def _guarded(self, work: Awaitable[object]) -> bool:
+        """Await store work; on a store failure (locked, disk full) log it,
+        back off and return False so the caller retries. Anything else is a
+        bug and propagates."""
         try:
-            await self.ingestor.ingest(events, metadata, report)
+            await work
         except Exception as exc:
             if (failure := store_failure(exc)) is None:
                 raise
             await self._store_failed(failure)
             return False
         self._store_ok()
-        self._log_problems(report, *before, events + metadata)
         return True
 
     # -- maintenance ---------------------------------------------------------
 
     async def _retention(self) -> bool:
-        try:
-            pruned = await prune(self.conn, self.settings.retention_days)
-        except Exception as exc:
-            if (failure := store_failure(exc)) is None:
-                raise
-            await self._store_failed(failure)
-            return False
-        self._store_ok()
-        if pruned:
-            log.info("retention_applied", rows_pruned=pruned)
-        return True
+        async def work() -> None:
+            if pruned := await prune(self.conn, self.settings.retention_days):
+                log.info("retention_applied", rows_pruned=pruned)
+
+        return await self._guarded(work())
 
     async def _refresh_rollups(self) -> bool:
-        try:
-            days = await dirty_days(self.conn)
-            rows = await refresh_rollups(self.conn) if days else 0
-        except Exception as exc:
-            if (failure := store_failure(exc)) is None:
-                raise
-            await self._store_failed(failure)
-            return False
-        self._store_ok()
-        if days:
-            log.info("rollups_refreshed", days=len(days), rows=rows)
-        return True
+        async def work() -> None:
+            if days := await dirty_days(self.conn):
+                rows = await refresh_rollups(self.conn)
+                log.info("rollups_refreshed", days=len(days), rows=rows)
+
+        return await self._guarded(work())
 
     async def _drop_missing(self, events: list[Path]) -> None:
         """Forget checkpoints of files gone from two rescans in a row (a

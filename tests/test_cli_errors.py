@@ -146,3 +146,16 @@ def test_empty_store_answers_with_empty_results(store):
         assert result.stdout == want + "\n"
     result = CliRunner().invoke(main, ["stats", "summary", *common])
     assert '"costUsd":0.0' in result.stdout and '"mostCalledTool":null' in result.stdout
+
+
+def test_export_to_an_unwritable_place_is_a_runtime_failure(store, tmp_path):
+    data_dir, path = store
+    target = tmp_path / "missing-dir" / "usage.jsonl"
+    result = CliRunner().invoke(
+        main,
+        ["export", "--format", "jsonl", "--output", str(target),
+         "--data-dir", str(data_dir), "--store", str(path)],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert_one_line(result.stderr, f"cannot write {target}")
+    assert not target.parent.exists()

@@ -108,6 +108,8 @@ async def _export_to_file(conn: Any, output: Path) -> dict[str, int]:
             counts = await _copy(conn, fh)
         os.replace(tmp, output)
         return counts
+    except OSError as exc:
+        raise Failure(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

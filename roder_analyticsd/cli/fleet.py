@@ -16,6 +16,7 @@ import click
 
 from roder_analyticsd.cli.common import UsageProblem, emit_json
 from roder_analyticsd.cli.stats import query_options, query_store
+from roder_analyticsd.v2 import vocabulary
 
 # kept in step with store/queries.activity_counts and v2/local.py (not
 # imported: `--help` stays light)
@@ -27,16 +28,6 @@ ACTIVITY_BY = (
     "outcome",
     "phase",
     "error-category",
-)
-LOOP_STAGES = (
-    "module_event",
-    "loop_start",
-    "model_request",
-    "model_response",
-    "tool_prepare",
-    "tool_call",
-    "permission_check",
-    "loop_end",
 )
 SOURCES = ("local", "collected", "all")
 USER_SESSIONS_HELP = (
@@ -59,7 +50,9 @@ def _reject(opts: dict[str, Any], names: tuple[str, ...], what: str) -> None:
     required=True,
     help="The analytics.v2 attribute to group by.",
 )
-@click.option("--loop-stage", type=click.Choice(LOOP_STAGES), help="Only events of this stage.")
+@click.option(
+    "--loop-stage", type=click.Choice(vocabulary.LOOP_STAGES), help="Only events of this stage."
+)
 @click.option("--user-sessions", is_flag=True, help=USER_SESSIONS_HELP)
 def activity(by: str, loop_stage: str | None, user_sessions: bool, **opts: Any) -> None:
     """Local activity in analytics.v2 terms, counted by one attribute.

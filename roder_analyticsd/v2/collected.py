@@ -22,6 +22,7 @@ import anyio
 import msgspec
 
 from roder_analyticsd.store.schema import COLLECTED_DDL
+from roder_analyticsd.v2 import vocabulary
 from roder_analyticsd.v2.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
 from roder_analyticsd.v2.redact import redact_event
 
@@ -56,17 +57,7 @@ INSERT OR IGNORE INTO collected_events (
     provider, model, properties_json
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_PROPERTY_COLUMNS = (
-    "module",
-    "ownerModule",
-    "executionKind",
-    "phase",
-    "loopStage",
-    "outcome",
-    "errorCategory",
-    "provider",
-    "model",
-)
+_PROPERTY_COLUMNS = vocabulary.CLASSIFICATION_KEYS
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CHUNK = 500  # well under SQLite's bound-variable limit
 

@@ -11,56 +11,23 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
+from roder_analyticsd.v2 import vocabulary
+
 SCHEMA_VERSION = "analytics.v2"
 
 EventName = Literal["feature_used", "error_occurred"]
 DeploymentMode = Literal[
     "source", "docker", "curl_installer", "desktop_installer", "npm_binary", "unknown"
 ]
-EVENT_NAMES: frozenset[str] = frozenset(("feature_used", "error_occurred"))
-DEPLOYMENT_MODES: frozenset[str] = frozenset(
-    ("source", "docker", "curl_installer", "desktop_installer", "npm_binary", "unknown")
-)
-REMOVED_EVENT_NAMES: frozenset[str] = frozenset(("app_started", "session_active"))
-
+EVENT_NAMES = frozenset(vocabulary.EVENT_NAMES)
+DEPLOYMENT_MODES = frozenset(vocabulary.DEPLOYMENT_MODES)
+REMOVED_EVENT_NAMES = frozenset(vocabulary.REMOVED_EVENT_NAMES)
 # Closed value sets of the properties table; `module`, `ownerModule` and
 # `phase` are open (error_occurred may use runtime/ui contexts).
-EXECUTION_KINDS: frozenset[str] = frozenset(
-    (
-        "user_session",
-        "subagent",
-        "always_on",
-        "router_judge",
-        "memory",
-        "cron_job",
-        "compaction",
-        "tool_secondary",
-    )
-)
-LOOP_STAGES: frozenset[str] = frozenset(
-    (
-        "module_event",
-        "loop_start",
-        "model_request",
-        "model_response",
-        "tool_prepare",
-        "tool_call",
-        "permission_check",
-        "loop_end",
-    )
-)
-OUTCOMES: frozenset[str] = frozenset(("success", "failed", "aborted", "timeout", "denied"))
-ERROR_CATEGORIES: frozenset[str] = frozenset(
-    (
-        "model_request_error",
-        "permission_error",
-        "tool_param_error",
-        "tool_runtime_error",
-        "tool_result_parse_error",
-        "loop_error",
-        "runtime_error",
-    )
-)
+EXECUTION_KINDS = frozenset(vocabulary.EXECUTION_KINDS)
+LOOP_STAGES = frozenset(vocabulary.LOOP_STAGES)
+OUTCOMES = frozenset(vocabulary.OUTCOMES)
+ERROR_CATEGORIES = frozenset(vocabulary.ERROR_CATEGORIES)
 
 # Deeper properties are rejected: keeps recursive redaction within limits.
 MAX_PROPERTIES_DEPTH = 32

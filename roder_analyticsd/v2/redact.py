@@ -46,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from roder_analyticsd.v2 import vocabulary
 from roder_analyticsd.v2.model import AnalyticsEvent
 
 LOCATION_WORDS: frozenset[str] = frozenset(
@@ -95,21 +96,7 @@ COMPACT_SUFFIXES: tuple[str, ...] = (
     "workspace",
     "workspaces",
 )
-ERROR_KEYS: frozenset[str] = frozenset(
-    {
-        "module",
-        "ownerModule",
-        "executionKind",
-        "phase",
-        "loopStage",
-        "outcome",
-        "errorCategory",
-        "provider",
-        "model",
-        "providerBaseUrl",
-        "code",
-    }
-)
+ERROR_KEYS = frozenset(vocabulary.ERROR_KEYS)
 REMOVED_FIELDS: frozenset[str] = frozenset({"projectcommithash", "projectpath"})
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
