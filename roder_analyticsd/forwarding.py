@@ -67,7 +67,8 @@ TRIGGER = "activity_forward_outbox"
 _CREATE_TRIGGER = f"""
 CREATE TRIGGER IF NOT EXISTS {TRIGGER} AFTER INSERT ON activity
 BEGIN
-    INSERT OR IGNORE INTO forward_outbox (event_id) VALUES (NEW.event_id);
+    INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id)
+    VALUES (NEW.occurred_at_ms, NEW.event_id);
 END
 """
 
@@ -104,8 +105,8 @@ async def enable_forwarding(conn: aiosqlite.Connection) -> int:
     _, added = await _write(
         conn,
         _CREATE_TRIGGER,
-        "INSERT OR IGNORE INTO forward_outbox (event_id)"
-        " SELECT a.event_id FROM activity a WHERE NOT EXISTS ("
+        "INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id)"
+        " SELECT a.occurred_at_ms, a.event_id FROM activity a WHERE NOT EXISTS ("
         "  SELECT 1 FROM forward_acked k WHERE k.event_id = printf('%016x', a.event_id))",
     )
     return max(added, 0)
@@ -129,25 +130,26 @@ async def pump(
     limit: int = OUTBOX_CHUNK,
 ) -> int:
     """Move up to `limit` outbox rows whose event occurred before
-    `occurred_before_ms` (or whose activity row is gone) into the
-    forwarder's queue; returns how many outbox rows were consumed."""
+    `occurred_before_ms` into the forwarder's queue (a row whose activity
+    is gone is just consumed); returns how many outbox rows were consumed."""
     async with conn.execute(
-        "SELECT o.event_id FROM forward_outbox o LEFT JOIN activity a ON a.event_id = o.event_id"
-        " WHERE a.event_id IS NULL OR a.occurred_at_ms < ? LIMIT ?",
+        "SELECT occurred_at_ms, event_id FROM forward_outbox WHERE occurred_at_ms < ?"
+        " ORDER BY occurred_at_ms LIMIT ?",
         (occurred_before_ms, limit),
     ) as cur:
-        ids = [row[0] for row in await cur.fetchall()]
-    if not ids:
+        keys = [tuple(row) for row in await cur.fetchall()]
+    if not keys:
         return 0
-    events = await events_for(conn, ids, installation_id=installation_id, instance_id=instance_id)
+    events = await events_for(conn, keys, installation_id=installation_id, instance_id=instance_id)
     if events:
         await forwarder.enqueue(events)
     # after the enqueue has committed: a crash in between re-pumps, harmlessly
     await conn.execute(
-        "DELETE FROM forward_outbox WHERE event_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(ids),),
+        "DELETE FROM forward_outbox WHERE (occurred_at_ms, event_id) IN"
+        " (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+        (json.dumps(keys),),
     )
-    return len(ids)
+    return len(keys)
 
 
 async def _send(forwarder: Forwarder, stopped: anyio.Event, retry_seconds: float) -> None:

@@ -6,19 +6,21 @@ for its catch-up and for every change the watcher reports.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
+import anyio.to_process
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from roder_analyticsd.config import Settings
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError, Rows
-from roder_analyticsd.pipeline.chain import run_pipeline, stages
+from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
 from roder_analyticsd.pipeline.source import (
     FileError,
     FileRead,
@@ -32,6 +34,20 @@ from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.writer import write_rows
 
 WRITE_BATCH_ROWS = 20_000
+# A backlog at least this big is staged in worker processes, so decoding
+# runs on one core while this process writes on another; below it, a
+# worker's start-up costs more than it saves.
+WORKER_MIN_BYTES = 32 << 20
+SLICE_BYTES = 8 << 20  # input bytes per worker call: bounds what is in flight
+
+
+MAX_WORKERS = 2  # each adds ~25 MB; two keep a backfill's memory under 150 MB
+
+
+def worker_count() -> int:
+    """Worker processes for a backlog: one per core, up to MAX_WORKERS. The
+    writer (this process) mostly waits on SQLite, which shares the cores."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 class StrictModeError(Exception):
@@ -57,7 +73,6 @@ class Report:
     unknown_kinds: Counter[str] = field(default_factory=Counter)
     rows_pruned: int = 0
     rollup_rows_refreshed: int = 0
-    days_touched: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,8 +133,12 @@ class Ingestor:
         *,
         strict: bool,
         flush_interval: float = 0.05,
+        worker_min_bytes: int | None = None,
     ) -> None:
+        """`worker_min_bytes`: stage a backlog at least this big in worker
+        processes (None: never; the live daemon stays one process)."""
         self.conn = conn
+        self.worker_min_bytes = worker_min_bytes
         self.flush_interval = flush_interval
         self.settings = settings
         self.strict = strict
@@ -138,6 +157,11 @@ class Ingestor:
     ) -> None:
         """`progress(files_read, files_total)` is called after each events file."""
         data_dir = self.settings.data_dir
+        chain = stages(self.settings.workspace_labels)
+        pending = _pending_bytes(events, self.checkpoints)
+        in_workers = self.worker_min_bytes is not None and (
+            sum(size for _, size in pending) >= self.worker_min_bytes
+        )
 
         async def produce(send: ObjectSendStream[Batch]) -> None:
             async with send:
@@ -145,22 +169,61 @@ class Ingestor:
                 report.file_errors.extend(problems)
                 if files:
                     report.sessions_enriched += len(files)
-                    await send.send(Batch(path="metadata", metadata_files=files))
+                    batch = Batch(path="metadata", metadata_files=files)
+                    await send.send(run_stages(batch, chain) if in_workers else batch)
+                if in_workers:
+                    await self._stage_in_workers(pending, report, progress, send)
+                    return
                 for done, path in enumerate(events, 1):
                     outcome = FileRead(relative(path, data_dir))
                     for batch in read_new_lines(path, data_dir, self.checkpoints, outcome):
                         await send.send(batch)
-                    if outcome.identity is not None:
-                        report.files_scanned += 1
-                        report.lines_skipped_by_offset += outcome.skipped_lines
-                    if outcome.error is not None:
-                        report.file_errors.append(outcome.error)
+                    _account(outcome, report)
                     if progress is not None:
                         progress(done, len(events))
 
-        await run_pipeline(produce, stages(self.settings.workspace_labels), self._writer(report))
+        await run_pipeline(produce, [] if in_workers else chain, self._writer(report))
         if self.strict and report.file_errors:
             raise StrictModeError(report.file_errors[0])
+
+    async def _stage_in_workers(
+        self,
+        pending: list[tuple[Path, int]],
+        report: Report,
+        progress: Callable[[int, int], None] | None,
+        send: ObjectSendStream[Batch],
+    ) -> None:
+        """Source and stages run in worker processes, a slice of files per
+        call; their staged batches go on to the writer here, in this process."""
+        slices = _slices(pending, SLICE_BYTES)
+        workers = worker_count()
+        args = (self.settings.data_dir, self.checkpoints, self.settings.workspace_labels)
+        staged_send, staged_recv = anyio.create_memory_object_stream[
+            tuple[list[Batch], list[FileRead]]
+        ](1)
+
+        async def stage(out: ObjectSendStream[tuple[list[Batch], list[FileRead]]]) -> None:
+            async with out:
+                for paths in slices:  # shared by the workers' tasks
+                    result = await anyio.to_process.run_sync(
+                        stage_files, paths, *args, cancellable=True
+                    )
+                    await out.send(result)
+
+        done = 0
+        async with anyio.create_task_group() as tg:
+            async with staged_send:
+                for _ in range(workers):
+                    tg.start_soon(stage, staged_send.clone())
+            async with staged_recv:
+                async for batches, outcomes in staged_recv:
+                    for batch in batches:
+                        await send.send(batch)
+                    for outcome in outcomes:
+                        _account(outcome, report)
+                    done += len(outcomes)
+                    if progress is not None:
+                        progress(done, len(pending))
 
     def _writer(self, report: Report):
         async def consume(inbox: ObjectReceiveStream[Batch]) -> None:
@@ -210,24 +273,60 @@ class Ingestor:
         for batch in group:
             _merge(rows, batch.rows)
             checkpoints.extend(batch.checkpoints)
-        days = await write_rows(self.conn, rows, checkpoints)
+        await write_rows(self.conn, rows, checkpoints)
         for cp in checkpoints:
             self.checkpoints[cp.identity.key] = cp
         for batch in group:
             report.lines_ingested += batch.lines_ingested
             report.parse_errors.extend(batch.errors)
             report.unknown_kinds.update(batch.unknown_kinds)
-        report.days_touched |= days
         for callback in self.on_batch_written:
             callback(rows, checkpoints)
+
+
+def _account(outcome: FileRead, report: Report) -> None:
+    if outcome.identity is not None:
+        report.files_scanned += 1
+        report.lines_skipped_by_offset += outcome.skipped_lines
+    if outcome.error is not None:
+        report.file_errors.append(outcome.error)
+
+
+def _pending_bytes(paths: list[Path], checkpoints: dict[str, Checkpoint]) -> list[tuple[Path, int]]:
+    """Each file with the bytes past its checkpoint (0 if it can't be stat'ed:
+    the source reports that when it reads it)."""
+    out: list[tuple[Path, int]] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((path, 0))
+            continue
+        known = checkpoints.get(FileIdentity(st.st_dev, st.st_ino).key)
+        start = known.offset if known is not None and known.offset <= st.st_size else 0
+        out.append((path, st.st_size - start))
+    return out
+
+
+def _slices(pending: list[tuple[Path, int]], size: int) -> Iterator[list[Path]]:
+    """Consecutive files, about `size` pending bytes per slice."""
+    paths: list[Path] = []
+    total = 0
+    for path, pending_bytes in pending:
+        paths.append(path)
+        total += pending_bytes
+        if total >= size:
+            yield paths
+            paths, total = [], 0
+    if paths:
+        yield paths
 
 
 async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report) -> None:
     """After ingesting: apply retention, then refresh the touched days' rollups."""
     report.rows_pruned += await prune(conn, settings.retention_days)
-    # also refreshes days left dirty by an interrupted run
-    report.rollup_rows_refreshed += await refresh_rollups(conn, report.days_touched)
-    report.days_touched = set()
+    # the days this run touched, and any left dirty by an interrupted run
+    report.rollup_rows_refreshed += await refresh_rollups(conn)
 
 
 async def run_once(
@@ -244,7 +343,9 @@ async def run_once(
     events, metadata = discover(settings.data_dir)
     # a backfill favours throughput: long flush interval, full batches, and
     # the WAL copied into the database once at the end instead of every 4 MB
-    ingestor = Ingestor(conn, settings, strict=strict, flush_interval=1.0)
+    ingestor = Ingestor(
+        conn, settings, strict=strict, flush_interval=1.0, worker_min_bytes=WORKER_MIN_BYTES
+    )
     await ingestor.start()
     await conn.execute("PRAGMA wal_autocheckpoint = 0")
     try:

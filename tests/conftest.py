@@ -72,7 +72,7 @@ def dump_tables(store: Path) -> dict[str, list[tuple]]:
             "tool_calls": "SELECT *, duration_ms, status FROM tool_calls "
             "ORDER BY thread_id, turn_id, tool_id",
             "token_usage": "SELECT * FROM token_usage ORDER BY thread_id, turn_id",
-            "activity": "SELECT * FROM activity ORDER BY event_id",
+            "activity": "SELECT * FROM activity ORDER BY event_id, occurred_at_ms",
             "thread_owners": "SELECT * FROM thread_owners ORDER BY thread_id",
             "daily_rollups": "SELECT day, scope, key, turns, tool_calls, tool_errors, "
             "tool_duration_ms, prompt_tokens, completion_tokens, total_tokens, "

@@ -19,6 +19,7 @@ from conftest import copy_sample, run_cli, serve_on_loopback
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.forwarding import (
+    TRIGGER,
     disable_forwarding,
     enable_forwarding,
     forwarding_enabled,
@@ -134,7 +135,7 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
     received = tmp_path / "receiver.sqlite3"
     run_cli("--once", "--best-effort", "--data-dir", data_dir, "--store", store, "--json")
     # forwarding never turned on: no trigger, nothing in the outbox
-    assert one(store, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'") == 0
+    assert not one(store, f"SELECT count(*) FROM sqlite_master WHERE name = '{TRIGGER}'")
     assert one(store, "SELECT count(*) FROM forward_outbox") == 0
     total = one(store, "SELECT count(*) FROM activity")
     local = {
@@ -200,7 +201,9 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
         # (as after `--rebuild`, or a crash between enqueue and outbox delete)
         requests = len(sent)
         with sqlite3.connect(store) as conn:
-            conn.execute("INSERT OR IGNORE INTO forward_outbox SELECT event_id FROM activity")
+            conn.execute(
+                "INSERT OR IGNORE INTO forward_outbox SELECT occurred_at_ms, event_id FROM activity"
+            )
         assert one(store, "SELECT count(*) FROM forward_outbox") == total
         await forward(store, settings, until=drained(total))
         await anyio.sleep(0.2)

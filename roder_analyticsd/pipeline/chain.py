@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from roder_analyticsd.pipeline.attribute import attribute
-from roder_analyticsd.pipeline.batch import Batch
+from roder_analyticsd.pipeline.batch import Batch, Checkpoint
 from roder_analyticsd.pipeline.decode import decode
 from roder_analyticsd.pipeline.project import project
 from roder_analyticsd.pipeline.redact import WorkspaceLabels, redact
+from roder_analyticsd.pipeline.source import FileRead, read_new_lines, relative
 
 Stage = Callable[[Batch], Batch]
 Producer = Callable[[ObjectSendStream[Batch]], Awaitable[None]]
@@ -34,6 +36,29 @@ def run_stages(batch: Batch, chain: Sequence[Stage]) -> Batch:
     for stage in chain:
         batch = stage(batch)
     return batch
+
+
+def stage_files(
+    paths: list[Path],
+    data_dir: Path,
+    checkpoints: dict[str, Checkpoint],
+    workspace_labels: WorkspaceLabels,
+) -> tuple[list[Batch], list[FileRead]]:
+    """Source and every stage for a slice of files, in one call.
+
+    This is what a worker process runs for a backfill (see ingest.py): it
+    takes file paths and gives back only the compact rows, so neither raw
+    lines nor events cross the process boundary.
+    """
+    chain = stages(workspace_labels)
+    staged: list[Batch] = []
+    outcomes: list[FileRead] = []
+    for path in paths:
+        outcome = FileRead(relative(path, data_dir))
+        staged.extend(run_stages(batch, chain) for batch in read_new_lines(
+            path, data_dir, checkpoints, outcome))  # fmt: skip
+        outcomes.append(outcome)
+    return staged, outcomes
 
 
 async def _run_stage(

@@ -103,6 +103,9 @@ def project(batch: Batch) -> Batch:
     # InferenceStarted is frequent: its session facts are folded in place
     # ([first_at, last_at, provider_at, provider, model_at, model]) and merged once
     inferred: dict[str, list] = {}
+    # one str object per distinct id: rows then pickle (to the writer
+    # process) and unpickle much smaller, since pickle shares repeated objects
+    same = {}.setdefault
 
     for s in batch.sessions:
         at = s.updated_at_ms if s.updated_at_ms is not None else s.created_at_ms
@@ -121,12 +124,12 @@ def project(batch: Batch) -> Batch:
         kind = event.kind
         at = event.at_ms
         if kind == "tool.call_completed":
-            key = (p.thread_id, p.turn_id, p.tool_id)
+            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id), p.tool_id)
             row = (*key, p.tool_name, None, at, 1 if p.is_error else 0)
             old = tools.get(key)
             tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == "tool.call_started":
-            key = (p.thread_id, p.turn_id, p.tool_id)
+            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id), p.tool_id)
             row = (*key, p.tool_name, at, None, None)
             old = tools.get(key)
             tools[key] = row if old is None else merge_tool_call(old, row)
@@ -134,7 +137,7 @@ def project(batch: Batch) -> Batch:
             ref = p.model
             provider = ref.provider if ref is not None else None
             model = ref.model if ref is not None else None
-            key = (p.thread_id, p.turn_id)
+            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id))
             _put(turns, key, (*key, None, None, provider, model, at, None, None, None), merge_turn)
             facts = inferred.get(p.thread_id)
             if facts is None:

@@ -214,17 +214,16 @@ async def import_file(conn: aiosqlite.Connection, path: Path) -> ImportReport:
     for _ in read_records(path):
         pass  # a bad line stops the import before anything is written
     report = ImportReport()
-    days: set[str] = set()  # UTC days whose rollups the rows changed
     rows, pending = Rows(), 0
     for record in read_records(path):
         _add(rows, record)
         report.records[record.__struct_config__.tag] += 1  # type: ignore[index]
         pending += 1
         if pending >= CHUNK:
-            days |= await write_rows(conn, rows, [])
+            await write_rows(conn, rows, [])
             rows, pending = Rows(), 0
     if pending:
-        days |= await write_rows(conn, rows, [])
-    if days:
-        report.rollup_rows_refreshed = await refresh_rollups(conn, days)
+        await write_rows(conn, rows, [])
+    # the days the rows changed were marked dirty as they were written
+    report.rollup_rows_refreshed = await refresh_rollups(conn)
     return report

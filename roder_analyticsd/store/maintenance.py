@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import calendar
-import json
 import time
 from collections.abc import Iterable
 
 import aiosqlite
 
-DAY_MS = 86_400_000
+from roder_analyticsd.store.schema import DAY_MS
 
 # Each day's rollup rows, recomputed from raw rows (UTC days).
 _ROLLUP_SQL = """
@@ -52,34 +51,12 @@ def day_bounds(day: str) -> tuple[int, int]:
     return lo, lo + DAY_MS
 
 
-DIRTY_KEY = "rollup_dirty_days"
-
-
-async def _dirty(conn: aiosqlite.Connection) -> set[str]:
-    async with conn.execute("SELECT value FROM meta WHERE key = ?", (DIRTY_KEY,)) as cur:
-        row = await cur.fetchone()
-    return set(json.loads(row[0])) if row else set()
-
-
-async def mark_dirty(conn: aiosqlite.Connection, days: Iterable[str]) -> None:
-    """Remember days whose rollups are stale. Call inside the transaction
-    that made them stale: rows and the dirty mark commit together."""
-    days = set(days)
-    if not days:
-        return
-    known = await _dirty(conn)
-    if days <= known:
-        return
-    await conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (DIRTY_KEY, json.dumps(sorted(known | days))),
-    )
-
-
 async def dirty_days(conn: aiosqlite.Connection) -> set[str]:
-    """Days written since their rollups were last refreshed."""
-    return await _dirty(conn)
+    """Days written since their rollups were last refreshed (marked by the
+    triggers of schema migration 4)."""
+    sql = "SELECT strftime('%Y-%m-%d', day * 86400, 'unixepoch') FROM rollup_dirty_days"
+    async with conn.execute(sql) as cur:
+        return {row[0] for row in await cur.fetchall()}
 
 
 async def _refresh_days(conn: aiosqlite.Connection, days: Iterable[str], now: int) -> int:
@@ -98,12 +75,12 @@ async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) 
     now = int(time.time() * 1000)
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        todo = set(days) | await _dirty(conn)
+        todo = set(days) | await dirty_days(conn)
         if not todo:
             await conn.rollback()
             return 0
         written = await _refresh_days(conn, todo, now)
-        await conn.execute("DELETE FROM meta WHERE key = ?", (DIRTY_KEY,))
+        await conn.execute("DELETE FROM rollup_dirty_days")
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -14,6 +14,8 @@ import sqlite3
 
 import aiosqlite
 
+DAY_MS = 86_400_000
+
 # The analytics.v2 receiver's and forwarder's tables (migration 3; the
 # receiver also creates them in a store of its own, see v2/collected.py).
 COLLECTED_DDL = """
@@ -60,6 +62,82 @@ CREATE TABLE IF NOT EXISTS forward_acked (
     event_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 """
+
+
+# The views over `activity` (created by migrations 1 and 3, recreated by 4).
+ACTIVITY_V2_VIEW = """
+    CREATE VIEW activity_v2 AS
+    SELECT a.event_id, a.thread_id, a.occurred_at_ms, c.event_name, c.module,
+           COALESCE(c.owner_module, t.owner_module, 'session') AS owner_module,
+           COALESCE(c.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
+           c.loop_stage, c.outcome, c.error_category, c.phase, a.provider, a.model
+    FROM activity a
+    JOIN activity_classes c ON c.class_id = a.class_id
+    LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
+"""
+
+LOCAL_V2_VIEW = """
+    CREATE VIEW local_v2_events AS
+    SELECT printf('%016x', a.event_id) AS event_id,   -- the analytics.v2 eventId
+           a.occurred_at_ms, a.event_name,
+           (SELECT value FROM meta WHERE key = 'installation_id') AS installation_id,
+           (SELECT value FROM meta WHERE key = 'installation_id') AS instance_id,
+           a.thread_id AS session_id,
+           a.module, a.owner_module, a.execution_kind, a.phase, a.loop_stage, a.outcome,
+           a.error_category, a.provider, a.model
+    FROM activity_v2 a;
+"""
+
+
+# 4: backfill speed.
+# - `activity` is keyed by (occurred_at_ms, event_id). It used to be keyed by
+#   the hash alone, so every batch's inserts landed on random pages and each
+#   commit rewrote most of the table; a thread's events sit together in
+#   time, so now a batch touches a few pages, and time windows and
+#   retention read one key range (no second index). A source line's
+#   identity is its hash and its time, both fixed by the line.
+# - the days whose rollups are stale are rows of `rollup_dirty_days`, not
+#   one JSON value in `meta` rewritten by every batch. (Triggers could mark
+#   them, but any UPDATE trigger on tool_calls, even one that never fires,
+#   doubles the cost of its upserts.)
+MIGRATION_4 = (
+    """
+    DROP VIEW local_v2_events;
+    DROP VIEW activity_v2;
+    CREATE TABLE activity_by_time (
+        occurred_at_ms INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,          -- 64-bit hash of the source line's identity
+        thread_id TEXT,
+        class_id INTEGER NOT NULL,
+        provider TEXT,
+        model TEXT,
+        PRIMARY KEY (occurred_at_ms, event_id)
+    ) WITHOUT ROWID;
+    INSERT INTO activity_by_time (occurred_at_ms, event_id, thread_id, class_id, provider, model)
+        SELECT occurred_at_ms, event_id, thread_id, class_id, provider, model FROM activity;
+    DROP TABLE activity;
+    ALTER TABLE activity_by_time RENAME TO activity;
+    """
+    + ACTIVITY_V2_VIEW
+    + LOCAL_V2_VIEW
+    + """
+    -- emptied: enabling forwarding refills it from unacknowledged activity
+    DROP TABLE forward_outbox;
+    CREATE TABLE forward_outbox (
+        occurred_at_ms INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,
+        PRIMARY KEY (occurred_at_ms, event_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE rollup_dirty_days (
+        day INTEGER PRIMARY KEY             -- UTC day number: days since 1970-01-01
+    );
+    INSERT OR IGNORE INTO rollup_dirty_days (day)
+        SELECT CAST(julianday(value) - 2440587.5 AS INTEGER)
+        FROM json_each((SELECT value FROM meta WHERE key = 'rollup_dirty_days'));
+    DELETE FROM meta WHERE key = 'rollup_dirty_days';
+    """
+)
 
 
 MIGRATIONS: list[str] = [
@@ -192,15 +270,9 @@ MIGRATIONS: list[str] = [
                 THEN 'cron_job' ELSE 'session' END AS owner_module
     FROM thread_owners o;
 
-    CREATE VIEW activity_v2 AS
-    SELECT a.event_id, a.thread_id, a.occurred_at_ms, c.event_name, c.module,
-           COALESCE(c.owner_module, t.owner_module, 'session') AS owner_module,
-           COALESCE(c.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
-           c.loop_stage, c.outcome, c.error_category, c.phase, a.provider, a.model
-    FROM activity a
-    JOIN activity_classes c ON c.class_id = a.class_id
-    LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
-
+    """
+    + ACTIVITY_V2_VIEW
+    + """
     -- daily rollups (UTC days): scope 'all' (key ''), 'tool' (tool name),
     -- 'model' (provider/model); recomputed for touched days only
     CREATE TABLE daily_rollups (
@@ -245,16 +317,9 @@ MIGRATIONS: list[str] = [
         event_id INTEGER PRIMARY KEY        -- activity.event_id
     );
 
-    CREATE VIEW local_v2_events AS
-    SELECT printf('%016x', a.event_id) AS event_id,   -- the analytics.v2 eventId
-           a.occurred_at_ms, a.event_name,
-           (SELECT value FROM meta WHERE key = 'installation_id') AS installation_id,
-           (SELECT value FROM meta WHERE key = 'installation_id') AS instance_id,
-           a.thread_id AS session_id,
-           a.module, a.owner_module, a.execution_kind, a.phase, a.loop_stage, a.outcome,
-           a.error_category, a.provider, a.model
-    FROM activity_v2 a;
-    """,
+    """
+    + LOCAL_V2_VIEW,
+    MIGRATION_4,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -262,7 +327,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 ANALYTICS_TABLES = (
     "sessions", "turns", "tool_calls", "token_usage", "activity", "activity_classes",
     "thread_owners",
-    "daily_rollups", "files",
+    "daily_rollups", "rollup_dirty_days", "files",
 )  # fmt: skip
 
 

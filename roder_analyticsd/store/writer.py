@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import aiosqlite
 
 from roder_analyticsd.pipeline.batch import Checkpoint, Rows
-from roder_analyticsd.store.maintenance import mark_dirty
+from roder_analyticsd.store.schema import DAY_MS
 
 
 def _newer(at: str, key: str) -> str:
@@ -133,6 +133,9 @@ ON CONFLICT (file_key) DO UPDATE SET
 """
 
 
+MARK_DIRTY_DAY = "INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)"
+
+
 def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tuple]:
     latest: dict[str, Checkpoint] = {}
     for cp in checkpoints:
@@ -146,12 +149,12 @@ def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tup
 
 async def write_rows(
     conn: aiosqlite.Connection, rows: Rows, checkpoints: Iterable[Checkpoint]
-) -> set[str]:
+) -> None:
     """Write one batch and its checkpoints in a single transaction.
 
-    Returns the UTC days whose rollups the batch changed; they are marked
-    dirty in the same transaction, so a crash before the next rollup
-    refresh cannot leave a stale rollup behind.
+    The days whose rollups it changes are marked dirty in the same
+    transaction, so a crash before the next rollup refresh cannot leave a
+    stale rollup behind.
     """
     await conn.execute("BEGIN IMMEDIATE")
     try:
@@ -165,15 +168,14 @@ async def write_rows(
             (INSERT_ACTIVITY, rows.activity),
             (UPSERT_THREAD_OWNER, rows.thread_owners),
             (UPSERT_FILE, _checkpoint_rows(checkpoints, int(time.time() * 1000))),
+            (MARK_DIRTY_DAY, [(day,) for day in days]),
         ):
             if params:
                 await conn.executemany(sql, params)
-        await mark_dirty(conn, days)
         await conn.commit()
     except BaseException:
         await conn.rollback()
         raise
-    return days
 
 
 # The stored stamps that place a batch's rows on days, looked up by turn:
@@ -187,6 +189,12 @@ SELECT k.key, t.started_at_ms, u.recorded_at_ms FROM json_each(?) k
 LEFT JOIN turns t ON t.thread_id = k.value ->> 0 AND t.turn_id = k.value ->> 1
 LEFT JOIN token_usage u ON u.thread_id = k.value ->> 0 AND u.turn_id = k.value ->> 1
 WHERE t.started_at_ms IS NOT NULL OR u.recorded_at_ms IS NOT NULL
+"""
+_STORED_THREADS = """
+SELECT k.value FROM json_each(?) k
+WHERE EXISTS (SELECT 1 FROM tool_calls WHERE thread_id = k.value)
+   OR EXISTS (SELECT 1 FROM turns WHERE thread_id = k.value)
+   OR EXISTS (SELECT 1 FROM token_usage WHERE thread_id = k.value)
 """
 _TOOL_STAMPS = """
 SELECT k.key, c.tool_id, c.started_at_ms, c.completed_at_ms FROM json_each(?) k
@@ -204,12 +212,19 @@ async def _stored(conn: aiosqlite.Connection, sql: str, turns: list[tuple]) -> l
     return found
 
 
-def _day(ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
+async def _stored_threads(conn: aiosqlite.Connection, threads: set[str]) -> set[str]:
+    """Which of these threads have rows in the store already."""
+    found: set[str] = set()
+    ordered = sorted(threads)
+    for start in range(0, len(ordered), KEY_CHUNK):
+        chunk = ordered[start : start + KEY_CHUNK]
+        async with conn.execute(_STORED_THREADS, (json.dumps(chunk),)) as cur:
+            found.update(row[0] for row in await cur.fetchall())
+    return found
 
 
-async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[str]:
-    """UTC days whose rollups this batch changes. Call in the write
+async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[int]:
+    """UTC day numbers whose rollups this batch changes. Call in the write
     transaction, before the upserts.
 
     The days of every stamp the batch writes and of every stored stamp it
@@ -219,14 +234,22 @@ async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[str]:
     turn also reaches its token row's day (that rollup is keyed by the
     turn's model). Nothing is missed; a day is only ever extra when two
     different stamps compete for one row (a duplicate start, say).
+
+    Only threads the store already has rows of are looked up: a new thread
+    (every thread of a first backfill) is placed by the batch alone.
     """
+    threads = {r[0] for r in rows.tool_calls}
+    threads.update(r[0] for r in rows.turns)
+    threads.update(r[0] for r in rows.token_usage)
+    stored_threads = await _stored_threads(conn, threads) if threads else set()
     tool_rows = rows.tool_calls
     stamps = {r[4] for r in tool_rows if r[4] is not None}
     started = {r[:3] for r in tool_rows if r[4] is not None}
     ends_only = {r[:3]: r[5] for r in tool_rows if r[4] is None and r[:3] not in started}
     if tool_rows:
         keys = {r[:3] for r in tool_rows}
-        stored = await _stored(conn, _TOOL_STAMPS, sorted({r[:2] for r in tool_rows}))
+        turns = sorted({r[:2] for r in tool_rows if r[0] in stored_threads})
+        stored = await _stored(conn, _TOOL_STAMPS, turns)
         for (thread_id, turn_id), tool_id, start, end in stored:
             key = (thread_id, turn_id, tool_id)
             if key not in keys:
@@ -239,6 +262,7 @@ async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[str]:
     turn_keys = {r[:2] for r in rows.turns} | {r[:2] for r in rows.token_usage}
     stamps.update(r[3] for r in rows.turns if r[3] is not None)
     stamps.update(r[2] for r in rows.token_usage)
+    turn_keys = {key for key in turn_keys if key[0] in stored_threads}
     for _key, start, recorded in await _stored(conn, _TURN_STAMPS, sorted(turn_keys)):
         stamps.update(at for at in (start, recorded) if at is not None)
-    return {_day(ms) for ms in stamps}
+    return {ms // DAY_MS for ms in stamps}

@@ -205,22 +205,24 @@ def to_event(
 
 async def events_for(
     conn: aiosqlite.Connection,
-    activity_ids: Sequence[int],
+    activity_keys: Sequence[tuple[int, int]],
     *,
     installation_id: str,
     instance_id: str,
 ) -> list[AnalyticsEvent]:
-    """The events of these activity rows, owner attribution as known now.
-    Rows gone (pruned, rebuilt away) or already acknowledged are skipped."""
-    if not activity_ids:
+    """The events of these activity rows, by key (occurred_at_ms, event_id),
+    owner attribution as known now. Rows gone (pruned, rebuilt away) or
+    already acknowledged are skipped."""
+    if not activity_keys:
         return []
     sql = f"""
         SELECT {_EVENT_COLUMNS} FROM activity_v2 a
-        WHERE a.event_id IN (SELECT value FROM json_each(?))
+        WHERE (a.occurred_at_ms, a.event_id) IN
+              (SELECT value ->> 0, value ->> 1 FROM json_each(?))
           AND NOT EXISTS (SELECT 1 FROM forward_acked k
                           WHERE k.event_id = printf('%016x', a.event_id))
         ORDER BY a.occurred_at_ms, a.event_id"""
-    async with conn.execute(sql, (json.dumps(list(activity_ids)),)) as cur:
+    async with conn.execute(sql, (json.dumps(list(activity_keys)),)) as cur:
         rows = await cur.fetchall()
     out = []
     for row in rows:

@@ -1,0 +1,104 @@
+"""A backlog staged in worker processes (as `--once` does for a big data
+dir) gives exactly the store one process gives; old stores migrate."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import dump_tables
+
+from roder_analyticsd import ingest
+from roder_analyticsd.config import load_settings
+from roder_analyticsd.ingest import Ingestor, Report, StrictModeError, finish
+from roder_analyticsd.pipeline.source import discover
+from roder_analyticsd.store.connection import open_store
+from roder_analyticsd.store.maintenance import dirty_days
+from roder_analyticsd.store.schema import MIGRATIONS
+
+
+def ingest_once(data_dir: Path, store: Path, *, workers: bool, strict: bool = False) -> Report:
+    async def go() -> Report:
+        conn = await open_store(store)
+        try:
+            settings = load_settings(data_dir, store)
+            # worker_min_bytes=0: even the small sample goes to the workers
+            ingestor = Ingestor(
+                conn, settings, strict=strict, worker_min_bytes=0 if workers else None
+            )
+            await ingestor.start()
+            report = Report()
+            await ingestor.ingest(*discover(data_dir), report)
+            await finish(conn, settings, report)
+            return report
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
+def test_worker_processes_give_the_same_store(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 2048)  # many slices, finishing in any order
+    alone = ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
+    staged = ingest_once(data_dir, tmp_path / "staged.sqlite3", workers=True)
+
+    assert dump_tables(tmp_path / "staged.sqlite3") == dump_tables(tmp_path / "alone.sqlite3")
+    assert staged.lines_ingested == alone.lines_ingested > 0
+    assert staged.files_scanned == alone.files_scanned
+    assert staged.sessions_enriched == alone.sessions_enriched
+    assert staged.unknown_kinds == alone.unknown_kinds
+    key = lambda e: (e.path, e.line)  # noqa: E731
+    assert sorted(staged.parse_errors, key=key) == sorted(alone.parse_errors, key=key) != []
+
+    # the checkpoints came back from the workers too: nothing is read twice
+    again = ingest_once(data_dir, tmp_path / "staged.sqlite3", workers=True)
+    assert again.lines_ingested == 0
+    assert again.lines_skipped_by_offset >= staged.lines_ingested
+
+
+def test_strict_mode_stops_cleanly_in_workers(tmp_path, data_dir):
+    with pytest.raises(StrictModeError) as failure:
+        ingest_once(data_dir, tmp_path / "strict.sqlite3", workers=True, strict=True)
+    assert ":" in str(failure.value)  # file:line: message
+
+
+def test_schema_3_store_migrates_with_its_activity_and_dirty_days(tmp_path):
+    store = tmp_path / "v3.sqlite3"
+    conn = sqlite3.connect(store, isolation_level=None)
+    for version, script in enumerate(MIGRATIONS[:3], 1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(
+        "INSERT INTO activity_classes VALUES"
+        " (1, 'feature_used', 'session', NULL, NULL, 'tool_call', 'success', NULL, NULL)"
+    )
+    old_rows = [(5, "thr-1", 1_790_899_200_123, 1, None, None), (-7, None, 1_790_985_600_000, 1,
+                "openai", "gpt-5")]  # fmt: skip
+    conn.executemany("INSERT INTO activity VALUES (?, ?, ?, ?, ?, ?)", old_rows)
+    conn.execute(
+        "INSERT INTO meta VALUES ('rollup_dirty_days', '[\"2026-10-02\", \"2026-10-03\"]')"
+    )
+    conn.execute("INSERT INTO forward_outbox VALUES (5)")
+    conn.close()
+
+    async def reopen() -> set[str]:
+        conn = await open_store(store)
+        try:
+            return await dirty_days(conn)
+        finally:
+            await conn.close()
+
+    assert anyio.run(reopen) == {"2026-10-02", "2026-10-03"}
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        rows = conn.execute(
+            "SELECT event_id, thread_id, occurred_at_ms, class_id, provider, model FROM activity"
+            " ORDER BY occurred_at_ms"
+        ).fetchall()
+        assert rows == old_rows
+        assert conn.execute("SELECT count(*) FROM local_v2_events").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM forward_outbox").fetchone()[0] == 0
+        dirty_json = "SELECT count(*) FROM meta WHERE key = 'rollup_dirty_days'"
+        assert conn.execute(dirty_json).fetchone()[0] == 0
