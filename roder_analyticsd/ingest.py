@@ -33,7 +33,7 @@ from roder_analyticsd.store.maintenance import prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.writer import write_rows
 
-WRITE_BATCH_ROWS = 20_000
+WRITE_BATCH_ROWS = 30_000
 # A backlog at least this big is staged in worker processes, so decoding
 # runs on one core while this process writes on another; below it, a
 # worker's start-up costs more than it saves.
