@@ -34,13 +34,11 @@ from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.writer import write_rows
 
 WRITE_BATCH_ROWS = 30_000
-# A backlog at least this big is staged in worker processes, so decoding
-# runs on one core while this process writes on another; below it, a
-# worker's start-up costs more than it saves.
+# A backlog at least this big is staged in worker processes, so reading and
+# decoding run beside this process's writes; below it, a worker's start-up
+# costs more than it saves.
 WORKER_MIN_BYTES = 32 << 20
 SLICE_BYTES = 8 << 20  # input bytes per worker call: bounds what is in flight
-
-
 MAX_WORKERS = 2  # each adds ~25 MB; two keep a backfill's memory under 150 MB
 
 
