@@ -29,7 +29,7 @@ import click
 import structlog
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.ingest import Ingestor, Report
+from roder_analyticsd.ingest import Ingestor, Report, end_bulk
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
@@ -38,12 +38,12 @@ from roder_analyticsd.pipeline.source import EVENTS_FILE, METADATA_FILE, discove
 from roder_analyticsd.store.connection import describe_sqlite_error, open_store
 from roder_analyticsd.store.maintenance import dirty_days, prune, refresh_rollups
 from roder_analyticsd.store.schema import StoreError
+from roder_analyticsd.store.transaction import transaction
 
 log = structlog.get_logger()
 
 CATCH_UP_FILES = 256  # files per catch-up pass: a stop request is honoured between passes
 BULK_FLUSH_INTERVAL = 1.0  # as `--once`
-WAL_AUTOCHECKPOINT = 1000  # SQLite's default, pages
 MAX_REMEMBERED_ERRORS = 10_000
 
 
@@ -233,7 +233,7 @@ class Daemon:
         finally:
             self.ingestor.flush_interval = self.options.flush_interval
             with anyio.CancelScope(shield=True):
-                await self._end_bulk()
+                await end_bulk(self.conn)
         while not self.stopping and not await self._retention():
             pass
         while not self.stopping and not await self._refresh_rollups():
@@ -247,13 +247,6 @@ class Daemon:
             file_errors=len(report.file_errors),
             seconds=round(time.monotonic() - began, 3),
         )
-
-    async def _end_bulk(self) -> None:
-        try:
-            await self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass  # a reader in the way: the next commits checkpoint as usual
 
     async def _step(self) -> None:
         changes, self.pending = self.pending, Changes()
@@ -335,15 +328,10 @@ class Daemon:
         if not gone:
             return
         try:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with transaction(self.conn):
                 await self.conn.executemany(
                     "DELETE FROM files WHERE file_key = ?", [(key,) for key in sorted(gone)]
                 )
-                await self.conn.commit()
-            except BaseException:
-                await self.conn.rollback()
-                raise
         except sqlite3.Error as exc:
             await self._store_failed(exc)
             self.missing_before |= gone

@@ -49,6 +49,7 @@ import structlog
 from roder_analyticsd.config import Settings
 from roder_analyticsd.forwarder import Forwarder
 from roder_analyticsd.store.connection import ensure_installation_id, open_store
+from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.v2.local import events_for
 
 log = structlog.get_logger()
@@ -76,17 +77,11 @@ END
 async def _write(conn: aiosqlite.Connection, *statements: str) -> list[int]:
     """Run statements in one immediate transaction; their row counts."""
     counts = []
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         for sql in statements:
             cur = await conn.execute(sql)
             counts.append(cur.rowcount)
             await cur.close()
-        await conn.commit()
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await conn.rollback()
-        raise
     return counts
 
 

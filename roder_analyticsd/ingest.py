@@ -7,6 +7,7 @@ for its catch-up and for every change the watcher reports.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from roder_analyticsd.pipeline.source import (
 )
 from roder_analyticsd.store.maintenance import prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
+from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.store.writer import write_rows
 
 WRITE_BATCH_ROWS = 30_000
@@ -39,6 +41,7 @@ WRITE_BATCH_ROWS = 30_000
 # costs more than it saves.
 WORKER_MIN_BYTES = 32 << 20
 SLICE_BYTES = 8 << 20  # input bytes per worker call: bounds what is in flight
+WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a bulk load
 MAX_WORKERS = 2  # each adds ~25 MB; two keep a backfill's memory under 150 MB
 
 
@@ -46,6 +49,11 @@ def worker_count() -> int:
     """Worker processes for a backlog: one per core, up to MAX_WORKERS. The
     writer (this process) mostly waits on SQLite, which shares the cores."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+class WorkerError(Exception):
+    """A worker process died (killed, out of memory). What was committed
+    stays, with its checkpoints; running again reads the rest."""
 
 
 class StrictModeError(Exception):
@@ -101,14 +109,9 @@ async def load_checkpoints(conn: aiosqlite.Connection) -> dict[str, Checkpoint]:
 
 async def clear_analytics(conn: aiosqlite.Connection) -> None:
     """For --rebuild: drop every analytics row and checkpoint, keep settings."""
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         for table in ANALYTICS_TABLES:
             await conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-        await conn.commit()
-    except BaseException:
-        await conn.rollback()
-        raise
 
 
 def _merge(rows: Rows, more: Rows) -> None:
@@ -203,9 +206,15 @@ class Ingestor:
         async def stage(out: ObjectSendStream[tuple[list[Batch], list[FileRead]]]) -> None:
             async with out:
                 for paths in slices:  # shared by the workers' tasks
-                    result = await anyio.to_process.run_sync(
-                        stage_files, paths, *args, cancellable=True
-                    )
+                    try:
+                        result = await anyio.to_process.run_sync(
+                            stage_files, paths, *args, cancellable=True
+                        )
+                    except anyio.BrokenWorkerProcess:
+                        raise WorkerError(
+                            "a worker process stopped unexpectedly; what was written is "
+                            "kept, run again to read the rest"
+                        ) from None
                     await out.send(result)
 
         done = 0
@@ -350,6 +359,18 @@ async def run_once(
         await ingestor.ingest(events, metadata, report, progress)
         await finish(conn, settings, report)
     finally:
-        await conn.execute("PRAGMA wal_autocheckpoint = 1000")
-        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with anyio.CancelScope(shield=True):
+            await end_bulk(conn)
     return report
+
+
+async def end_bulk(conn: aiosqlite.Connection) -> None:
+    """After a bulk load with `wal_autocheckpoint = 0`: back to SQLite's
+    default, and the WAL copied into the database once. Best effort: a
+    reader in the way only means later commits checkpoint as usual, and it
+    must not hide the error that ended the load."""
+    try:
+        await conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass

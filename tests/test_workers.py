@@ -3,16 +3,20 @@ dir) gives exactly the store one process gives; old stores migrate."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import dump_tables
+from conftest import REPO, dump_tables
 
 from roder_analyticsd import ingest
 from roder_analyticsd.config import load_settings
-from roder_analyticsd.ingest import Ingestor, Report, StrictModeError, finish
+from roder_analyticsd.ingest import Ingestor, Report, StrictModeError, WorkerError, finish
 from roder_analyticsd.pipeline.source import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import dirty_days
@@ -59,9 +63,11 @@ def test_worker_processes_give_the_same_store(tmp_path, data_dir, monkeypatch):
 
 
 def test_strict_mode_stops_cleanly_in_workers(tmp_path, data_dir):
+    alone = ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
     with pytest.raises(StrictModeError) as failure:
         ingest_once(data_dir, tmp_path / "strict.sqlite3", workers=True, strict=True)
-    assert ":" in str(failure.value)  # file:line: message
+    # one of the sample's corrupt lines, as file:line: message
+    assert str(failure.value) in {f"{e.path}:{e.line}: {e.message}" for e in alone.parse_errors}
 
 
 def test_schema_3_store_migrates_with_its_activity_and_dirty_days(tmp_path):
@@ -102,3 +108,48 @@ def test_schema_3_store_migrates_with_its_activity_and_dirty_days(tmp_path):
         assert conn.execute("SELECT count(*) FROM forward_outbox").fetchone()[0] == 0
         dirty_json = "SELECT count(*) FROM meta WHERE key = 'rollup_dirty_days'"
         assert conn.execute(dirty_json).fetchone()[0] == 0
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # field 4: the parent pid
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_worker_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import gen_corpus
+
+    data_dir = tmp_path / "data"
+    gen_corpus.generate(data_dir, 20_000, 5)
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 16_384)  # many calls: the kill lands mid-run
+    store = tmp_path / "killed.sqlite3"
+    before = set(_children())
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if workers := set(_children()) - before:
+                os.kill(min(workers), signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    with pytest.raises(WorkerError, match="worker process stopped unexpectedly"):
+        ingest_once(data_dir, store, workers=True)
+    killer.join()
+
+    # what committed before the kill stays; running again reads the rest, once
+    ingest_once(data_dir, store, workers=True)
+    ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
+    assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")

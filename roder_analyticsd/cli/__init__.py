@@ -58,7 +58,7 @@ def main(
 
 @run_async
 async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None:
-    from roder_analyticsd.ingest import Report, StrictModeError, run_once
+    from roder_analyticsd.ingest import Report, StrictModeError, WorkerError, run_once
     from roder_analyticsd.store.connection import open_store
 
     if not settings.enabled:
@@ -79,6 +79,8 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
                 )
         except StrictModeError as exc:
             raise Failure(f"{exc} (use --best-effort to skip bad lines)") from None
+        except WorkerError as exc:
+            raise Failure(str(exc)) from None
     finally:
         await conn.close()
     if as_json:

@@ -92,9 +92,18 @@ async def run_pipeline(produce: Producer, chain: Sequence[Stage], consume: Consu
         # echo of the real failure, which is what the caller should see
         real = [
             exc
-            for exc in group.exceptions
+            for exc in _leaves(group)
             if not isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)
         ]
         if len(real) == 1:
             raise real[0] from None
         raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions of a group and of the groups inside it (a stage may
+    run a task group of its own)."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

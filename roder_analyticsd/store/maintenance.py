@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import aiosqlite
 
 from roder_analyticsd.store.schema import DAY_MS
+from roder_analyticsd.store.transaction import transaction
 
 # Each day's rollup rows, recomputed from raw rows (UTC days).
 _ROLLUP_SQL = """
@@ -73,11 +74,9 @@ async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) 
     """Recompute the rollup rows of these UTC days and of every day marked
     dirty; returns rows written. Nothing to do writes nothing."""
     now = int(time.time() * 1000)
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         todo = set(days) | await dirty_days(conn)
         if not todo:
-            await conn.rollback()
             return 0
         written = await _refresh_days(conn, todo, now)
         await conn.execute("DELETE FROM rollup_dirty_days")
@@ -86,10 +85,6 @@ async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) 
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(now),),
         )
-        await conn.commit()
-    except BaseException:
-        await conn.rollback()
-        raise
     return written
 
 
@@ -130,8 +125,7 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     cutoff = now_ms - retention_days * DAY_MS
     deleted = 0
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         async with conn.execute(_PRUNED_DAYS, {"cutoff": cutoff}) as cur:
             days = {row[0] for row in await cur.fetchall() if row[0]}
         for sql in (
@@ -154,8 +148,4 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
         deleted += max(cur.rowcount, 0)
         if days:
             await _refresh_days(conn, days, now_ms)
-        await conn.commit()
-    except BaseException:
-        await conn.rollback()
-        raise
     return deleted

@@ -14,6 +14,8 @@ import sqlite3
 
 import aiosqlite
 
+from roder_analyticsd.store.transaction import transaction
+
 DAY_MS = 86_400_000
 
 # The analytics.v2 receiver's and forwarder's tables (migration 3; the
@@ -345,15 +347,10 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             f"store schema version {found} is newer than this roder-analyticsd ({SCHEMA_VERSION})"
         )
     for version in range(found, SCHEMA_VERSION):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(conn):
             for statement in _statements(MIGRATIONS[version]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {version + 1}")
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
     return found
 
 

@@ -16,6 +16,7 @@ import aiosqlite
 
 from roder_analyticsd.pipeline.batch import Checkpoint, Rows
 from roder_analyticsd.store.schema import DAY_MS
+from roder_analyticsd.store.transaction import transaction
 
 
 def _newer(at: str, key: str) -> str:
@@ -156,8 +157,7 @@ async def write_rows(
     transaction, so a crash before the next rollup refresh cannot leave a
     stale rollup behind.
     """
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(conn):
         days = await touched_days(conn, rows)  # reads the stamps the upserts replace
         for sql, params in (
             (UPSERT_SESSION, rows.sessions),
@@ -172,10 +172,6 @@ async def write_rows(
         ):
             if params:
                 await conn.executemany(sql, params)
-        await conn.commit()
-    except BaseException:
-        await conn.rollback()
-        raise
 
 
 # The stored stamps that place a batch's rows on days, looked up by turn:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import aiosqlite
-import anyio
 import msgspec
 
 from roder_analyticsd.store.schema import COLLECTED_DDL
+from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.v2 import vocabulary
 from roder_analyticsd.v2.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
 from roder_analyticsd.v2.redact import redact_event
@@ -93,28 +92,6 @@ async def open_db(
     return conn
 
 
-@asynccontextmanager
-async def _transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
-    # Shielded: cancelling the caller half-way would leave a transaction (and
-    # the write lock) open on a connection that others keep using.
-    with anyio.CancelScope(shield=True):
-        nested = conn.in_transaction
-        await conn.execute("SAVEPOINT v2_write" if nested else "BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if nested:
-                await conn.execute("ROLLBACK TO v2_write")
-                await conn.execute("RELEASE v2_write")
-            else:
-                await conn.rollback()
-            raise
-        if nested:
-            await conn.execute("RELEASE v2_write")
-        else:
-            await conn.commit()
-
-
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -159,7 +136,7 @@ async def insert_collected(
         return [], []  # no write lock for an empty batch
     ids = list(first)
     existing: set[str] = set()
-    async with _transaction(conn):
+    async with transaction(conn):
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT event_id FROM collected_events WHERE event_id IN ({marks})"
@@ -185,7 +162,7 @@ async def enqueue(
     rows = [
         {"id": ev.event_id, "body": encode_event(ev), "at": at} for ev in map(redact_event, events)
     ]
-    async with _transaction(conn):
+    async with transaction(conn):
         await conn.executemany(
             "INSERT OR IGNORE INTO forward_queue (event_id, body, enqueued_at_ms)"
             " SELECT :id, :body, :at"
@@ -219,13 +196,13 @@ async def next_batch(conn: aiosqlite.Connection, n: int) -> list[Queued]:
 async def ack(conn: aiosqlite.Connection, ids: Sequence[str]) -> None:
     """The receiver has these: remember them and take them off the queue."""
     params = [(i,) for i in ids]
-    async with _transaction(conn):
+    async with transaction(conn):
         await conn.executemany("INSERT OR IGNORE INTO forward_acked (event_id) VALUES (?)", params)
         await conn.executemany("DELETE FROM forward_queue WHERE event_id = ?", params)
 
 
 async def record_attempt(conn: aiosqlite.Connection, ids: Sequence[str]) -> None:
-    async with _transaction(conn):
+    async with transaction(conn):
         await conn.executemany(
             "UPDATE forward_queue SET attempts = attempts + 1 WHERE event_id = ?",
             [(i,) for i in ids],
