@@ -156,10 +156,12 @@ class Ingestor:
         report: Report,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        """`progress(files_read, files_total)` is called after each events file."""
+        """`progress(files_read, files_total)` is called after each events file
+        (after each slice of files, when staged in workers)."""
         data_dir = self.settings.data_dir
         chain = stages(self.settings.workspace_labels)
-        pending = _pending_bytes(events, self.checkpoints)
+        # (the live daemon never stages in workers: no extra stat per file)
+        pending = [] if self.worker_min_bytes is None else _pending_bytes(events, self.checkpoints)
         in_workers = self.worker_min_bytes is not None and (
             sum(size for _, size in pending) >= self.worker_min_bytes
         )
