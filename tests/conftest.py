@@ -14,14 +14,32 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests are judged by what they find, never by this machine's speed:
+# no deadlines and no "too slow" health checks, on a loaded machine or in CI.
+settings.register_profile(
+    "any-speed",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("any-speed")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"
 SAMPLE_DIR = SAMPLES / "roder-data"
 EXPECTED_PATH = SAMPLES / "expected.json"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose real dependency (a browser, a database server) is
+    missing here; under CI=true that is a failure, so such tests always run in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required under CI=true)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _env() -> dict[str, str]:

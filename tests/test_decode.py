@@ -130,3 +130,12 @@ def test_arbitrary_bytes_either_decode_or_raise_value_error(data):
 def test_arbitrary_json_objects_never_crash_the_decoder(doc):
     batch = decode(Batch(path="p", lines=[json.dumps(doc).encode()]))
     assert batch.lines_ingested + len(batch.errors) == 1
+
+
+def test_property_tests_are_immune_to_machine_speed():
+    """A loaded machine must not fail a property test: the suite's profile
+    sets no deadline and suppresses the "too slow" health check."""
+    from hypothesis import HealthCheck, settings
+
+    assert settings().deadline is None
+    assert HealthCheck.too_slow in settings().suppress_health_check

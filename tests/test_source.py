@@ -27,7 +27,9 @@ lines_strategy = st.lists(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(lines=lines_strategy, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
        chunk_lines=st.integers(min_value=1, max_value=7))  # fmt: skip
