@@ -34,7 +34,7 @@ from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
 from roder_analyticsd.logs import configure_logging
-from roder_analyticsd.pipeline.source import EVENTS_FILE, METADATA_FILE, discover
+from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
 from roder_analyticsd.store.connection import describe_sqlite_error, open_store
 from roder_analyticsd.store.maintenance import dirty_days, prune, refresh_rollups
 from roder_analyticsd.store.schema import StoreError

@@ -22,14 +22,8 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from roder_analyticsd.config import Settings
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError, Rows
 from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
-from roder_analyticsd.pipeline.source import (
-    FileError,
-    FileRead,
-    discover,
-    read_metadata,
-    read_new_lines,
-    relative,
-)
+from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
+from roder_analyticsd.sources.roder import discover, read_metadata
 from roder_analyticsd.store.maintenance import prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.transaction import transaction

@@ -14,7 +14,7 @@ from conftest import run_cli, run_json
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.ingest import Ingestor, Report
 from roder_analyticsd.pipeline.redact import fnv1a_64
-from roder_analyticsd.pipeline.source import discover
+from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

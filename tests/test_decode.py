@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roder_analyticsd import events as ev
 from roder_analyticsd.pipeline.batch import Batch
-from roder_analyticsd.pipeline.decode import decode, decode_line
+from roder_analyticsd.sources import roder as ev
+from roder_analyticsd.sources.roder import decode, decode_line
 
 CANARY = "CANARYDECODE1234"
 

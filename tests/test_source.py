@@ -7,9 +7,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roder_analyticsd.pipeline import source
 from roder_analyticsd.pipeline.batch import Checkpoint
-from roder_analyticsd.pipeline.source import FileRead, read_new_lines
+from roder_analyticsd.sources import files as source
+from roder_analyticsd.sources.files import FileRead, read_new_lines
 
 
 def read_all(path: Path, checkpoints: dict[str, Checkpoint], chunk_lines: int = 4096):

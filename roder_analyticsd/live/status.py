@@ -20,7 +20,8 @@ from roder_analyticsd.config import Settings
 from roder_analyticsd.ingest import load_checkpoints
 from roder_analyticsd.live.lock import holder
 from roder_analyticsd.pipeline.batch import Checkpoint
-from roder_analyticsd.pipeline.source import FINGERPRINT_BYTES, discover, fingerprint, relative
+from roder_analyticsd.sources.files import FINGERPRINT_BYTES, fingerprint, relative
+from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 
 READ_BLOCK = 1 << 20

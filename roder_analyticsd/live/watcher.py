@@ -23,7 +23,7 @@ import anyio
 import structlog
 from watchfiles import Change, awatch
 
-from roder_analyticsd.pipeline.source import EVENT_DIRS, EVENTS_FILE, METADATA_FILE
+from roder_analyticsd.sources.roder import EVENT_DIRS, EVENTS_FILE, METADATA_FILE
 
 log = structlog.get_logger()
 

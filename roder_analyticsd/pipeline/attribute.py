@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import hashlib
 
-from roder_analyticsd import events as ev
 from roder_analyticsd.pipeline.batch import Batch, Event
+from roder_analyticsd.sources import roder as ev
 
 FEATURE = "feature_used"
 ERROR = "error_occurred"

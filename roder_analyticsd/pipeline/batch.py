@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from roder_analyticsd.events import ThreadMetadata
+if TYPE_CHECKING:  # sources build Batches: a runtime import would be a cycle
+    from roder_analyticsd.sources.roder import ThreadMetadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Event(msgspec.Struct, gc=False):
     """A decoded, projected line: its kind, typed payload and time in ms."""
 
     kind: str
-    payload: Any  # one of the payload Structs in roder_analyticsd.events, or None
+    payload: Any  # one of the payload Structs in roder_analyticsd.sources.roder, or None
     at_ms: int
     event_id: str
     thread_id: str | None

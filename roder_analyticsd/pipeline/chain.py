@@ -16,10 +16,10 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from roder_analyticsd.pipeline.attribute import attribute
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint
-from roder_analyticsd.pipeline.decode import decode
 from roder_analyticsd.pipeline.project import project
 from roder_analyticsd.pipeline.redact import WorkspaceLabels, redact
-from roder_analyticsd.pipeline.source import FileRead, read_new_lines, relative
+from roder_analyticsd.sources.files import FileRead, read_new_lines, relative
+from roder_analyticsd.sources.roder import decode
 
 Stage = Callable[[Batch], Batch]
 Producer = Callable[[ObjectSendStream[Batch]], Awaitable[None]]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from roder_analyticsd import events as ev
 from roder_analyticsd.pipeline.batch import Batch, Rows
+from roder_analyticsd.sources import roder as ev
 
 _TERMINAL_STATUS = {
     "turn.completed": "completed",

@@ -1,8 +1,9 @@
-"""The source: finds event logs and reads their new complete lines.
+"""Tailing append-only JSONL logs: the new complete lines of a file.
 
-This is the only stage that reads input files. It streams each file from
-its checkpoint in bounded blocks and cuts the complete lines into chunks;
-an unfinished last line (no newline yet) is left for a later read.
+Shared by every source (one module per agent log format beside this one).
+It streams each file from its checkpoint in bounded blocks and cuts the
+complete lines into chunks; an unfinished last line (no newline yet) is
+left for a later read.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError
-
-EVENT_DIRS = ("threads", "archived_threads")
-EVENTS_FILE = "events.jsonl"
-METADATA_FILE = "metadata.json"
 
 FINGERPRINT_BYTES = 1024
 READ_BLOCK = 1 << 20
@@ -37,28 +34,6 @@ def fingerprint(prefix: bytes) -> str:
     return hashlib.blake2b(prefix, digest_size=16).hexdigest()
 
 
-def discover(data_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Every events.jsonl and metadata.json under threads/ and archived_threads/."""
-    events: list[Path] = []
-    metadata: list[Path] = []
-    for sub in EVENT_DIRS:
-        root = data_dir / sub
-        try:
-            entries = sorted(os.scandir(root), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            try:
-                if not entry.is_dir():
-                    continue
-            except OSError:
-                continue
-            thread_dir = Path(entry.path)
-            events.append(thread_dir / EVENTS_FILE)
-            metadata.append(thread_dir / METADATA_FILE)
-    return events, metadata
-
-
 def relative(path: Path, data_dir: Path) -> str:
     try:
         return path.relative_to(data_dir).as_posix()
@@ -66,27 +41,10 @@ def relative(path: Path, data_dir: Path) -> str:
         return path.as_posix()
 
 
-def _describe(exc: OSError) -> str:
+def describe(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return exc.strerror or str(exc)
-
-
-def read_metadata(
-    paths: list[Path], data_dir: Path
-) -> tuple[list[tuple[str, bytes]], list[FileError]]:
-    files: list[tuple[str, bytes]] = []
-    problems: list[FileError] = []
-    for path in paths:
-        try:
-            files.append((relative(path, data_dir), path.read_bytes()))
-        except FileNotFoundError:
-            continue  # metadata.json may be missing; the thread dir may be gone
-        except NotADirectoryError:
-            continue
-        except OSError as exc:
-            problems.append(FileError(relative(path, data_dir), _describe(exc)))
-    return files, problems
 
 
 @dataclass(slots=True)
@@ -122,7 +80,7 @@ def read_new_lines(
     except NotADirectoryError:
         return
     except OSError as exc:
-        outcome.error = FileError(rel, _describe(exc))
+        outcome.error = FileError(rel, describe(exc))
         return
     try:
         st = os.fstat(handle.fileno())
@@ -151,7 +109,7 @@ def read_new_lines(
                 checkpoints=[Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)],
             )
     except OSError as exc:
-        outcome.error = FileError(rel, _describe(exc))
+        outcome.error = FileError(rel, describe(exc))
     finally:
         handle.close()
 
