@@ -198,7 +198,7 @@ class Daemon:
         if self.settings.forward_endpoint and not self.stopping:
             self.tg.start_soon(self._forward)
         elif not self.settings.forward_endpoint:
-            from roder_analyticsd.forwarding import disable_forwarding
+            from roder_analyticsd.fleet.forwarding import disable_forwarding
 
             # forwarding was turned off in config.toml: stop filling its outbox
             await disable_forwarding(self.conn)
@@ -422,7 +422,7 @@ class Daemon:
     # -- forwarding (opt-in) ------------------------------------------------------
 
     async def _forward(self) -> None:
-        from roder_analyticsd.forwarding import run_forwarding
+        from roder_analyticsd.fleet.forwarding import run_forwarding
 
         try:
             await run_forwarding(

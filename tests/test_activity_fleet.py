@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from conftest import copy_sample, run_cli
 
 from roder_analyticsd.cli import main
-from roder_analyticsd.v2 import collected
-from roder_analyticsd.v2.model import decode_event
+from roder_analyticsd.fleet.model import decode_event
+from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 
 USER = ("session", "session", "user_session")
 
@@ -194,7 +194,7 @@ def with_collected(sample: tuple[Path, Path]) -> tuple[Path, Path]:
 
     async def insert() -> None:
         async with aiosqlite.connect(sample[1], isolation_level=None) as conn:
-            await collected.insert_collected(conn, events)
+            await sqlite_store.insert_collected(conn, events)
 
     anyio.run(insert)
     return sample
@@ -325,7 +325,7 @@ def test_fleet_without_a_store_is_one_line(tmp_path):
 
 
 def test_migration_creates_collected_tables_as_collected_ddl(sample):
-    """Migration 3 creates the receiver tables exactly as v2/collected.DDL does."""
+    """Migration 3 creates the receiver tables exactly as fleet/stores/sqlite.DDL does."""
 
     def shape(conn: sqlite3.Connection) -> dict[str, Any]:
         out = {}
@@ -341,7 +341,7 @@ def test_migration_creates_collected_tables_as_collected_ddl(sample):
         return out
 
     fresh = sqlite3.connect(":memory:")
-    fresh.executescript(collected.DDL)
+    fresh.executescript(sqlite_store.DDL)
     with sqlite3.connect(sample[1]) as store:
         assert shape(store) == shape(fresh)
         assert len(shape(store)) == 6

@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from roder_analyticsd.forwarder import Forwarder, backoff_delay
-from roder_analyticsd.receiver import create_app
-from roder_analyticsd.v2 import collected
-from roder_analyticsd.v2.model import AnalyticsEvent
+from roder_analyticsd.fleet.forwarder import Forwarder, backoff_delay
+from roder_analyticsd.fleet.model import AnalyticsEvent
+from roder_analyticsd.fleet.receiver import create_app
+from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +156,7 @@ async def test_overflow_drops_oldest_and_logs(tmp_path: Path) -> None:
         with capture_logs() as logs:
             assert await fw.enqueue(events[:8]) == 0
             assert await fw.enqueue(events[8:]) == 5
-        queued = await collected.next_batch(fw.conn, 100)
+        queued = await sqlite_store.next_batch(fw.conn, 100)
     assert [q.event_id for q in queued] == [ev.event_id for ev in events[5:]]
     overflow = [e for e in logs if e["event"] == "forward_queue_overflow"]
     assert overflow and overflow[0]["dropped"] == 5 and overflow[0]["log_level"] == "warning"
@@ -173,7 +173,7 @@ async def test_backoff_limits_the_retry_rate(tmp_path: Path) -> None:
             await fw.enqueue([make_event(1)])
             with anyio.move_on_after(0.5):
                 await fw.run()
-            rows = await collected.next_batch(fw.conn, 10)
+            rows = await sqlite_store.next_batch(fw.conn, 10)
     # Without backoff a loopback server takes hundreds of requests in 0.5 s.
     assert 2 <= sink.requests <= 25
     # The last request may have been cut off by the timeout before it was counted.
@@ -204,11 +204,11 @@ async def test_forwards_redacted_events_into_the_real_receiver(tmp_path: Path) -
     with running(app) as url:
         async with Forwarder(tmp_path / "fw.sqlite3", url, token="fleet-token", **FAST) as fw:
             await fw.enqueue(events)
-            bodies = b"".join(q.body for q in await collected.next_batch(fw.conn, 100))
+            bodies = b"".join(q.body for q in await sqlite_store.next_batch(fw.conn, 100))
             assert b"/home/alice" not in bodies and b"~/private" not in bodies
             await fw.drain()
     async with aiosqlite.connect(receiver_db) as conn:
-        assert await collected.fleet_dau(conn) == [{"day": "2025-03-01", "installations": 1}]
+        assert await sqlite_store.fleet_dau(conn) == [{"day": "2025-03-01", "installations": 1}]
         sql = (
             "SELECT COUNT(*), COUNT(DISTINCT session_id), MAX(properties_json)"
             " FROM collected_events"

@@ -18,15 +18,15 @@ import pytest
 from conftest import copy_sample, run_cli, serve_on_loopback
 
 from roder_analyticsd.config import load_settings
-from roder_analyticsd.forwarding import (
+from roder_analyticsd.fleet.forwarding import (
     TRIGGER,
     disable_forwarding,
     enable_forwarding,
     forwarding_enabled,
     run_forwarding,
 )
+from roder_analyticsd.fleet.receiver import create_app
 from roder_analyticsd.pipeline.attribute import event_id_hex
-from roder_analyticsd.receiver import create_app
 from roder_analyticsd.store.connection import open_store
 
 pytestmark = pytest.mark.anyio

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from conftest import serve_on_loopback
 
-from roder_analyticsd.receiver import check_listen_allowed, create_app, serve
-from roder_analyticsd.v2.collected import (
+from roder_analyticsd.fleet.receiver import check_listen_allowed, create_app, serve
+from roder_analyticsd.fleet.stores.sqlite import (
     fleet_dau,
     fleet_errors,
     fleet_instances,

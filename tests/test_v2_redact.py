@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roder_analyticsd.v2.model import AnalyticsEvent, NotABatchError, validate_batch
-from roder_analyticsd.v2.redact import (
+from roder_analyticsd.fleet.model import AnalyticsEvent, NotABatchError, validate_batch
+from roder_analyticsd.fleet.redact import (
     ERROR_KEYS,
     clean_base_url,
     is_absolute_path,

@@ -2,7 +2,7 @@
 
 `stats activity` slices local activity (`activity_v2`) by one attribute.
 `stats fleet` computes the fleet metrics of analytics-v2.md over local
-activity, events received by `serve`, or both (see v2/local.py for what a
+activity, events received by `serve`, or both (see fleet/local.py for what a
 local row counts as). Both honour --since/--until (on the event's instant),
 --limit and --timezone; `stats activity` also --thread and --workspace.
 Filters that cannot apply are usage errors rather than silently ignored.
@@ -16,9 +16,9 @@ import click
 
 from roder_analyticsd.cli.common import UsageProblem, emit_json
 from roder_analyticsd.cli.stats import query_options, query_store
-from roder_analyticsd.v2 import vocabulary
+from roder_analyticsd.fleet import vocabulary
 
-# kept in step with store/queries.activity_counts and v2/local.py (not
+# kept in step with store/queries.activity_counts and fleet/local.py (not
 # imported: `--help` stays light)
 ACTIVITY_BY = (
     "module",
@@ -108,7 +108,7 @@ def fleet() -> None:
 def _fleet_command(metric: str, doc: str, *, user_sessions: bool = False):
     def command(source: str, **opts: Any) -> None:
         from roder_analyticsd.cli.stats import filters_from
-        from roder_analyticsd.v2 import local
+        from roder_analyticsd.fleet import local
 
         _reject(
             opts,

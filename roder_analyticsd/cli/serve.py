@@ -63,7 +63,7 @@ def serve(listen: str, data_dir: Path | None, store: Path | None, as_json: bool)
     {"listen": URL} on stdout) once it accepts requests. Stops on
     SIGINT/SIGTERM.
     """
-    from roder_analyticsd.receiver import check_listen_allowed
+    from roder_analyticsd.fleet.receiver import check_listen_allowed
 
     settings = settings_for(data_dir, store)
     host, port = parse_listen(listen)
@@ -105,8 +105,8 @@ async def _serve(store: Path, host: str, port: int, token: str | None, as_json: 
     import anyio
     import uvicorn
 
+    from roder_analyticsd.fleet.receiver import create_app
     from roder_analyticsd.logs import configure_logging
-    from roder_analyticsd.receiver import create_app
     from roder_analyticsd.store.connection import open_store
 
     sock = _bind(host, port)  # first: a busy port touches nothing

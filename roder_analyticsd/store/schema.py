@@ -19,7 +19,7 @@ from roder_analyticsd.store.transaction import transaction
 DAY_MS = 86_400_000
 
 # The analytics.v2 receiver's and forwarder's tables (migration 3; the
-# receiver also creates them in a store of its own, see v2/collected.py).
+# receiver also creates them in a store of its own, see fleet/stores/sqlite.py).
 COLLECTED_DDL = """
 CREATE TABLE IF NOT EXISTS collected_events (
     event_id TEXT PRIMARY KEY,
@@ -305,9 +305,9 @@ MIGRATIONS: list[str] = [
     DROP INDEX IF EXISTS tool_calls_by_tool;
     """,
     # 3: analytics.v2 in the same store: the receiver's and forwarder's
-    # tables (COLLECTED_DDL, also used by v2/collected.py). forward_outbox
+    # tables (COLLECTED_DDL, also used by fleet/stores/sqlite.py). forward_outbox
     # holds activity rows not yet handed to the forwarder; the trigger that
-    # fills it exists only while forwarding is on (see forwarding.py), so
+    # fills it exists only while forwarding is on (see fleet/forwarding.py), so
     # ingest pays nothing for it otherwise.
     # local_v2_events shows local activity with the columns of a fleet
     # source: one installation, and since local rows belong to no process,

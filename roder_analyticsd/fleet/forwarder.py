@@ -19,9 +19,9 @@ import anyio
 import httpx
 import structlog
 
-from roder_analyticsd.v2 import collected
-from roder_analyticsd.v2.model import AnalyticsEvent
-from roder_analyticsd.v2.redact import clean_base_url
+from roder_analyticsd.fleet.model import AnalyticsEvent
+from roder_analyticsd.fleet.redact import clean_base_url
+from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 
 log = structlog.get_logger()
 
@@ -80,9 +80,9 @@ class Forwarder:
     async def __aenter__(self) -> Forwarder:
         if isinstance(self._db, aiosqlite.Connection):
             self._conn = self._db
-            await collected.ensure_schema(self._conn)
+            await sqlite_store.ensure_schema(self._conn)
         else:
-            self._conn = await collected.open_db(self._db)
+            self._conn = await sqlite_store.open_db(self._db)
             self._owns_conn = True
         self._client = httpx.AsyncClient(timeout=self._timeout)
         return self
@@ -110,7 +110,7 @@ class Forwarder:
         """Queue events (redacted; acknowledged ids skipped); returns how many
         old events were dropped because the queue was full."""
         async with self._lock:
-            dropped = await collected.enqueue(self.conn, events, self.max_queue)
+            dropped = await sqlite_store.enqueue(self.conn, events, self.max_queue)
         if dropped:
             log.warning(
                 "forward_queue_overflow",
@@ -123,7 +123,7 @@ class Forwarder:
 
     async def pending(self) -> int:
         async with self._lock:
-            return await collected.queue_size(self.conn)
+            return await sqlite_store.queue_size(self.conn)
 
     async def send_once(self) -> int | None:
         """Send the oldest batch. Number of events acknowledged (0 when the
@@ -131,7 +131,7 @@ class Forwarder:
         if self._client is None:
             raise RuntimeError("Forwarder is not open: use `async with`")
         async with self._lock:
-            batch = await collected.next_batch(self.conn, self.batch_size)
+            batch = await sqlite_store.next_batch(self.conn, self.batch_size)
         if not batch:
             return 0
         ids = [q.event_id for q in batch]
@@ -143,9 +143,9 @@ class Forwarder:
             failure = f"{type(exc).__name__}: {exc}"
         async with self._lock:
             if failure is None:
-                await collected.ack(self.conn, ids)
+                await sqlite_store.ack(self.conn, ids)
             else:
-                await collected.record_attempt(self.conn, ids)
+                await sqlite_store.record_attempt(self.conn, ids)
         if failure is not None:
             log.warning(
                 "forward_failed", endpoint=self._shown_endpoint, events=len(ids), error=failure

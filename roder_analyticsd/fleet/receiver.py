@@ -24,8 +24,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from roder_analyticsd.v2.collected import insert_collected, open_db
-from roder_analyticsd.v2.model import NotABatchError, validate_batch
+from roder_analyticsd.fleet.model import NotABatchError, validate_batch
+from roder_analyticsd.fleet.stores.sqlite import insert_collected, open_db
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 

@@ -47,10 +47,10 @@ import anyio
 import structlog
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.forwarder import Forwarder
+from roder_analyticsd.fleet.forwarder import Forwarder
+from roder_analyticsd.fleet.local import events_for
 from roder_analyticsd.store.connection import ensure_installation_id, open_store
 from roder_analyticsd.store.transaction import transaction
-from roder_analyticsd.v2.local import events_for
 
 log = structlog.get_logger()
 

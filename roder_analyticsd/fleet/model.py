@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
-from roder_analyticsd.v2 import vocabulary
+from roder_analyticsd.fleet import vocabulary
 
 SCHEMA_VERSION = "analytics.v2"
 

@@ -19,11 +19,11 @@ from typing import Any, Literal, NamedTuple
 import aiosqlite
 import msgspec
 
+from roder_analyticsd.fleet import vocabulary
+from roder_analyticsd.fleet.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
+from roder_analyticsd.fleet.redact import redact_event
 from roder_analyticsd.store.schema import COLLECTED_DDL
 from roder_analyticsd.store.transaction import transaction
-from roder_analyticsd.v2 import vocabulary
-from roder_analyticsd.v2.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
-from roder_analyticsd.v2.redact import redact_event
 
 # the receiver's and the forwarder's tables live in the one store
 DDL = COLLECTED_DDL

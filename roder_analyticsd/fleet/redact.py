@@ -46,8 +46,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from roder_analyticsd.v2 import vocabulary
-from roder_analyticsd.v2.model import AnalyticsEvent
+from roder_analyticsd.fleet import vocabulary
+from roder_analyticsd.fleet.model import AnalyticsEvent
 
 LOCATION_WORDS: frozenset[str] = frozenset(
     {

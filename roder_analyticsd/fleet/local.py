@@ -16,7 +16,7 @@ Sources (all in the one store, see store/schema.py migration 3):
 
 Fleet days are calendar days in the requested time zone. For a zone other
 than UTC every row's instant is shifted by that zone's offset at that instant
-(a SQL function), so `collected.build_fleet_query`'s UTC day of the shifted
+(a SQL function), so `sqlite_store.build_fleet_query`'s UTC day of the shifted
 instant is the local day, exact across DST changes.
 """
 
@@ -31,17 +31,17 @@ from typing import Any, Literal
 import aiosqlite
 
 from roder_analyticsd import __version__
+from roder_analyticsd.fleet.model import AnalyticsEvent
+from roder_analyticsd.fleet.redact import hash24, redact_event
+from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 from roder_analyticsd.pipeline.attribute import event_id_hex
-from roder_analyticsd.v2 import collected
-from roder_analyticsd.v2.model import AnalyticsEvent
-from roder_analyticsd.v2.redact import hash24, redact_event
 
 Source = Literal["local", "collected", "all"]
 SOURCES: tuple[str, ...] = ("local", "collected", "all")
 METRICS: tuple[str, ...] = ("dau", "instances", "modules", "errors", "sessions")
 DAY_METRICS = frozenset(("dau", "instances", "sessions"))
 LOCAL_VIEW = "local_v2_events"
-_TABLES = {"local": LOCAL_VIEW, "collected": collected.COLLECTED}
+_TABLES = {"local": LOCAL_VIEW, "collected": sqlite_store.COLLECTED}
 _OFFSET_FN = "roder_tz_offset_ms"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -61,7 +61,7 @@ def fleet_source(
     since_ms: int | None = None,
     until_ms: int | None = None,
 ) -> str:
-    """The SQL `source` for `collected.build_fleet_query`.
+    """The SQL `source` for `sqlite_store.build_fleet_query`.
 
     `shifted`: instants are moved by the time-zone offset function and the
     window (on the real instants) is applied here, so the caller passes no
@@ -69,10 +69,10 @@ def fleet_source(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown fleet source {source!r}")
-    cols = ", ".join(collected.SOURCE_COLUMNS)
+    cols = ", ".join(sqlite_store.SOURCE_COLUMNS)
     if source == "all":
         inner = (
-            f"SELECT {cols} FROM {LOCAL_VIEW} UNION ALL SELECT {cols} FROM {collected.COLLECTED}"
+            f"SELECT {cols} FROM {LOCAL_VIEW} UNION ALL SELECT {cols} FROM {sqlite_store.COLLECTED}"
         )
     elif not shifted:
         return _TABLES[source]
@@ -84,7 +84,7 @@ def fleet_source(
         f"occurred_at_ms + {_OFFSET_FN}(occurred_at_ms) AS occurred_at_ms"
         if c == "occurred_at_ms"
         else c
-        for c in collected.SOURCE_COLUMNS
+        for c in sqlite_store.SOURCE_COLUMNS
     )
     where = [
         f"occurred_at_ms {op} {int(bound)}"  # ints chosen by code: safe to inline
@@ -132,7 +132,7 @@ async def fleet(
         await conn.create_function(_OFFSET_FN, 1, _offset_ms(tz), deterministic=True)
         src = fleet_source(source, shifted=True, since_ms=since_ms, until_ms=until_ms)
         window = {}
-    rows = await collected.fleet(
+    rows = await sqlite_store.fleet(
         conn,
         metric,  # type: ignore[arg-type]
         source=src,

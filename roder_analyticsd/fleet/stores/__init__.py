@@ -1,0 +1,1 @@
+"""Fleet store backends, side by side."""
