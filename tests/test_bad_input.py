@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli, run_json
 
 from roder_analyticsd.config import load_settings
-from roder_analyticsd.ingest import Ingestor, Report
+from roder_analyticsd.live.ingest import Ingestor, Report
 from roder_analyticsd.pipeline.redact import fnv1a_64
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store

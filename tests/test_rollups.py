@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 
 from roder_analyticsd.config import load_settings
-from roder_analyticsd.ingest import Ingestor, Report, run_once
+from roder_analyticsd.live.ingest import Ingestor, Report, run_once
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import DAY_MS, all_days, prune, refresh_rollups

@@ -14,9 +14,9 @@ import anyio
 import pytest
 from conftest import REPO, dump_tables
 
-from roder_analyticsd import ingest
 from roder_analyticsd.config import load_settings
-from roder_analyticsd.ingest import Ingestor, Report, StrictModeError, WorkerError, finish
+from roder_analyticsd.live import ingest
+from roder_analyticsd.live.ingest import Ingestor, Report, StrictModeError, WorkerError, finish
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import dirty_days

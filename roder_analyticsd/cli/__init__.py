@@ -51,14 +51,14 @@ def main(
     if once:
         _once(settings, rebuild=rebuild, strict=not best_effort, as_json=as_json)
         return
-    from roder_analyticsd.daemon import run_daemon
+    from roder_analyticsd.live.daemon import run_daemon
 
     run_daemon(settings)
 
 
 @run_async
 async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None:
-    from roder_analyticsd.ingest import Report, StrictModeError, WorkerError, run_once
+    from roder_analyticsd.live.ingest import Report, StrictModeError, WorkerError, run_once
     from roder_analyticsd.store.connection import open_store
 
     if not settings.enabled:

@@ -17,7 +17,7 @@ from typing import Any
 import aiosqlite
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.ingest import load_checkpoints
+from roder_analyticsd.live.ingest import load_checkpoints
 from roder_analyticsd.live.lock import holder
 from roder_analyticsd.pipeline.batch import Checkpoint
 from roder_analyticsd.sources.files import FINGERPRINT_BYTES, fingerprint, relative

@@ -46,7 +46,7 @@ def stage_files(
 ) -> tuple[list[Batch], list[FileRead]]:
     """Source and every stage for a slice of files, in one call.
 
-    This is what a worker process runs for a backfill (see ingest.py): it
+    This is what a worker process runs for a backfill (see live/ingest.py): it
     takes file paths and gives back only the compact rows, so neither raw
     lines nor events cross the process boundary.
     """

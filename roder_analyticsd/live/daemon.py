@@ -29,7 +29,7 @@ import click
 import structlog
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.ingest import Ingestor, Report, end_bulk
+from roder_analyticsd.live.ingest import Ingestor, Report, end_bulk
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
