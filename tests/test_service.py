@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from roder_analyticsd.service import (
+from roder_analyticsd.live.service import (
     ServiceError,
     install_service,
     render_launchd_plist,

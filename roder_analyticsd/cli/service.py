@@ -69,8 +69,8 @@ def install_service(
     dry_run: bool, data_dir: Path | None, store: Path | None, as_json: bool
 ) -> None:
     """Write and enable the user service (systemd on Linux, launchd on macOS)."""
-    from roder_analyticsd.service import ServiceError
-    from roder_analyticsd.service import install_service as install
+    from roder_analyticsd.live.service import ServiceError
+    from roder_analyticsd.live.service import install_service as install
 
     try:
         path, content = install(dry_run, args=_daemon_args(data_dir, store))
@@ -92,8 +92,8 @@ def uninstall_service(
     dry_run: bool, data_dir: Path | None, store: Path | None, as_json: bool
 ) -> None:
     """Disable and remove the user service."""
-    from roder_analyticsd.service import ServiceError
-    from roder_analyticsd.service import uninstall_service as uninstall
+    from roder_analyticsd.live.service import ServiceError
+    from roder_analyticsd.live.service import uninstall_service as uninstall
 
     try:
         path, commands = uninstall(dry_run)
