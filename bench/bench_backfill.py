@@ -70,6 +70,7 @@ def floor_rows(path: Path, decoder: msgspec.json.Decoder) -> Any:
 
 def run_floor(data_dir: Path, db_path: Path) -> dict[str, Any]:
     began = time.perf_counter()
+    began_cpu = time.process_time()
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -89,7 +90,11 @@ def run_floor(data_dir: Path, db_path: Path) -> dict[str, Any]:
     events += len(batch)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return {"events": events, "seconds": time.perf_counter() - began}
+    return {
+        "events": events,
+        "seconds": time.perf_counter() - began,
+        "cpu": time.process_time() - began_cpu,
+    }
 
 
 def write_batch(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
@@ -202,7 +207,7 @@ def run_backfill(base: list[str], data_dir: Path, store: Path) -> common.ChildRu
         str(store),
     ]
     print("backfill:", " ".join(argv[len(base) :]), flush=True)
-    return common.run_child(argv)
+    return common.run_child(argv, watch=store.with_name(store.name + "-wal"))
 
 
 def run_floor_child(data_dir: Path, db_path: Path) -> tuple[dict[str, Any], common.ChildRun]:
@@ -266,7 +271,18 @@ def bench(args: argparse.Namespace, work: Path, corpus: Path) -> int:
         if backfill.returncode != 0:
             print(f"backfill FAILED (exit {backfill.returncode}):\n{common.tail(backfill.stderr)}")
             return 1
+        store_mb = store.stat().st_size / 1e6
+        print(
+            f"  floor {floor['seconds']:.2f} s wall {floor['cpu']:.2f} s CPU;"
+            f" backfill {backfill.seconds:.2f} s wall {backfill.cpu_seconds:.2f} s CPU,"
+            f" peak PSS {backfill.tree_pss_mb or 0:.0f} MB, peak WAL"
+            f" {backfill.peak_watch_mb or 0:.0f} MB, store {store_mb:.0f} MB", flush=True
+        )
         rounds.append((floor["seconds"] / backfill.seconds, floor, floor_run, backfill))
+    cpu_ratios = sorted(r[3].cpu_seconds / r[1]["cpu"] for r in rounds)
+    peak_pss = max(r[3].tree_pss_mb or 0.0 for r in rounds)
+    peak_wal = max(r[3].peak_watch_mb or 0.0 for r in rounds)
+    stray = sorted({line for r in rounds for line in r[3].stderr.splitlines() if line.strip()})
     ratios = sorted(r[0] for r in rounds)
     ratio, floor, floor_run, backfill = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
     events = floor["events"]
@@ -276,7 +292,10 @@ def bench(args: argparse.Namespace, work: Path, corpus: Path) -> int:
     timings = time_queries(base, store, corpus, args.repeat)
     help_s, _ = common.median_run([*base, "--help"], args.repeat)
     store_mb = sum(p.stat().st_size for p in work.glob("usage.sqlite3*")) / 1e6
+    db_mb = store.stat().st_size / 1e6
     corpus_mb = gen["bytes"] / 1e6
+    cpu_ratio = cpu_ratios[len(cpu_ratios) // 2]
+    wal_limit = max(256.0, 1.5 * db_mb)
     rows = [
         ("corpus", f"{events:,} events", f"{corpus_mb:,.0f} MB, {gen['files']:,} files"),
         ("generator", common.fmt_rate(gen["events"] / gen["seconds"]), f"{gen['seconds']:.1f} s"),
@@ -297,7 +316,27 @@ def bench(args: argparse.Namespace, work: Path, corpus: Path) -> int:
             f"target >= {TARGETS['ratio_min']}x, aim {TARGETS['ratio_aim']}x "
             + ("OK" if ratio >= TARGETS["ratio_min"] else "BELOW TARGET"),
         ),
+        (
+            "CPU backfill/floor",
+            f"{cpu_ratio:.2f}x",
+            f"median of {len(cpu_ratios)} ({', '.join(f'{r:.2f}' for r in cpu_ratios)});"
+            f" backfill {backfill.cpu_seconds:.2f} s, floor {floor['cpu']:.2f} s;"
+            f" {backfill.cpu_seconds / events * 1e6:.2f} CPU-s per 1M events; target <= 3x "
+            + ("OK" if cpu_ratio <= 3 else "OVER"),
+        ),
         *memory_rows(backfill),
+        (
+            "peak PSS, all rounds",
+            f"{peak_pss:.0f} MB",
+            "target <= 150 MB " + ("OK" if peak_pss <= 150 else "OVER"),
+        ),
+        (
+            "peak WAL",
+            f"{peak_wal:.0f} MB",
+            f"sampled every 50 ms; target <= {wal_limit:.0f} MB (max(256, 1.5x store)) "
+            + ("OK" if peak_wal <= wal_limit else "OVER"),
+        ),
+        ("stderr of --once", f"{len(stray)} lines", "; ".join(stray)[:200] or "none"),
         ("store size", f"{store_mb:,.0f} MB", "usage.sqlite3 + -wal/-shm"),
         *timings,
         (

@@ -20,6 +20,8 @@ class ChildRun:
     tree_pss_mb: float | None
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of the child and the children it reaped
+    peak_watch_mb: float | None = None  # largest size seen of the watched file (a WAL)
 
 
 def cli_command() -> list[str]:
@@ -43,6 +45,8 @@ def rss_mb(ru_maxrss: int) -> float:
 #   child carries its parent's high-water RSS until exec.
 # - tree_kb: the peak, sampled every 50 ms on Linux, of the summed PSS of the
 #   child and all its descendants (worker processes included).
+# - cpu: user + system seconds of the child and of the children it reaped.
+# - watch: the peak size of one file (a store's WAL), sampled with the PSS.
 MEASURE = """
 import json, os, subprocess, sys, time
 
@@ -71,8 +75,15 @@ def tree_kb(root):
         todo.extend(children(pid))
     return total
 
-out, err, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, err, watch, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 peak = 0
+peak_watch = 0
+
+def watched():
+    try:
+        return os.stat(watch).st_size
+    except OSError:
+        return 0
 sample = os.path.exists("/proc/self/smaps_rollup")
 with open(out, "wb") as o, open(err, "wb") as e:
     began = time.perf_counter()
@@ -82,19 +93,24 @@ with open(out, "wb") as o, open(err, "wb") as e:
         if pid:
             break
         peak = max(peak, tree_kb(proc.pid))
+        if watch:
+            peak_watch = max(peak_watch, watched())
         time.sleep(0.05)
     seconds = time.perf_counter() - began
 print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds,
-                  "maxrss": usage.ru_maxrss, "tree_kb": peak if sample else None}))
+                  "maxrss": usage.ru_maxrss, "tree_kb": peak if sample else None,
+                  "cpu": usage.ru_utime + usage.ru_stime,
+                  "watch": peak_watch if watch else None}))
 """
 
 
-def run_child(argv: list[str]) -> ChildRun:
-    """Run argv to completion: its wall time and its own peak RSS (via a small helper)."""
+def run_child(argv: list[str], watch: Path | None = None) -> ChildRun:
+    """Run argv to completion: its wall time, CPU time and own peak RSS (via a
+    small helper), and the peak size of the file `watch` if given."""
     with tempfile.TemporaryDirectory(prefix="roder-bench-run-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         helper = subprocess.run(
-            [sys.executable, "-I", "-c", MEASURE, str(out), str(err), *argv],
+            [sys.executable, "-I", "-c", MEASURE, str(out), str(err), str(watch or ""), *argv],
             capture_output=True,
             text=True,
             check=False,
@@ -109,6 +125,8 @@ def run_child(argv: list[str]) -> ChildRun:
             tree_pss_mb=None if result["tree_kb"] is None else result["tree_kb"] / 1024,
             stdout=out.read_bytes().decode("utf-8", errors="replace"),
             stderr=err.read_bytes().decode("utf-8", errors="replace"),
+            cpu_seconds=result["cpu"],
+            peak_watch_mb=None if result["watch"] is None else result["watch"] / 1e6,
         )
 
 

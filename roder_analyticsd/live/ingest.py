@@ -12,14 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import anyio
-import anyio.to_process
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from roder_analyticsd.config import Settings
+from roder_analyticsd.live.workers import WorkerDied, WorkerPool
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError, Rows
 from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
 from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
@@ -36,6 +36,11 @@ WRITE_BATCH_ROWS = 30_000
 WORKER_MIN_BYTES = 32 << 20
 SLICE_BYTES = 8 << 20  # input bytes per worker call: bounds what is in flight
 WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a bulk load
+# During a bulk load the WAL is copied into the database only once it holds
+# this many pages (~128 MB at 4 KiB): few checkpoints, each writing a page
+# once however often it changed, and a WAL that stays bounded; with no
+# reader in the way each checkpoint lets the WAL restart from its start.
+BULK_WAL_AUTOCHECKPOINT = 32_768
 MAX_WORKERS = 2  # each adds ~25 MB; two keep a backfill's memory under 150 MB
 
 
@@ -149,15 +154,17 @@ class Ingestor:
         metadata: list[Path],
         report: Report,
         progress: Callable[[int, int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         """`progress(files_read, files_total)` is called after each events file
-        (after each slice of files, when staged in workers)."""
+        (after each slice of files, when staged in workers). Once `stop()` is
+        true no further file (or slice) is started; what was read is written."""
         data_dir = self.settings.data_dir
         chain = stages(self.settings.workspace_labels)
         # (the live daemon never stages in workers: no extra stat per file)
         pending = [] if self.worker_min_bytes is None else _pending_bytes(events, self.checkpoints)
         in_workers = self.worker_min_bytes is not None and (
-            sum(size for _, size in pending) >= self.worker_min_bytes
+            sum(item.size for item in pending) >= self.worker_min_bytes
         )
 
         async def produce(send: ObjectSendStream[Batch]) -> None:
@@ -169,9 +176,11 @@ class Ingestor:
                     batch = Batch(path="metadata", metadata_files=files)
                     await send.send(run_stages(batch, chain) if in_workers else batch)
                 if in_workers:
-                    await self._stage_in_workers(pending, report, progress, send)
+                    await self._stage_in_workers(pending, report, progress, send, stop)
                     return
                 for done, path in enumerate(events, 1):
+                    if stop is not None and stop():
+                        return
                     outcome = FileRead(relative(path, data_dir))
                     for batch in read_new_lines(path, data_dir, self.checkpoints, outcome):
                         await send.send(batch)
@@ -185,28 +194,31 @@ class Ingestor:
 
     async def _stage_in_workers(
         self,
-        pending: list[tuple[Path, int]],
+        pending: list[Pending],
         report: Report,
         progress: Callable[[int, int], None] | None,
         send: ObjectSendStream[Batch],
+        stop: Callable[[], bool] | None,
     ) -> None:
         """Source and stages run in worker processes, a slice of files per
         call; their staged batches go on to the writer here, in this process."""
         slices = _slices(pending, SLICE_BYTES)
-        workers = worker_count()
-        args = (self.settings.data_dir, self.checkpoints, self.settings.workspace_labels)
+        data_dir, labels = self.settings.data_dir, self.settings.workspace_labels
         staged_send, staged_recv = anyio.create_memory_object_stream[
             tuple[list[Batch], list[FileRead]]
         ](1)
 
-        async def stage(out: ObjectSendStream[tuple[list[Batch], list[FileRead]]]) -> None:
+        async def stage(worker, out: ObjectSendStream[tuple[list[Batch], list[FileRead]]]) -> None:
             async with out:
-                for paths in slices:  # shared by the workers' tasks
+                for paths, keys in slices:  # shared by the workers' tasks
+                    if stop is not None and stop():
+                        return
+                    # only this slice's checkpoints cross: the cost of a call
+                    # must not grow with the number of files already known
+                    known = {k: self.checkpoints[k] for k in keys if k in self.checkpoints}
                     try:
-                        result = await anyio.to_process.run_sync(
-                            stage_files, paths, *args, cancellable=True
-                        )
-                    except anyio.BrokenWorkerProcess:
+                        result = await worker.call(stage_files, paths, data_dir, known, labels)
+                    except WorkerDied:
                         raise WorkerError(
                             "a worker process stopped unexpectedly; what was written is "
                             "kept, run again to read the rest"
@@ -214,10 +226,10 @@ class Ingestor:
                     await out.send(result)
 
         done = 0
-        async with anyio.create_task_group() as tg:
+        async with WorkerPool(worker_count()) as workers, anyio.create_task_group() as tg:
             async with staged_send:
-                for _ in range(workers):
-                    tg.start_soon(stage, staged_send.clone())
+                for worker in workers:
+                    tg.start_soon(stage, worker, staged_send.clone())
             async with staged_recv:
                 async for batches, outcomes in staged_recv:
                     for batch in batches:
@@ -295,34 +307,45 @@ def _account(outcome: FileRead, report: Report) -> None:
         report.file_errors.append(outcome.error)
 
 
-def _pending_bytes(paths: list[Path], checkpoints: dict[str, Checkpoint]) -> list[tuple[Path, int]]:
+class Pending(NamedTuple):
+    path: Path
+    size: int  # bytes past the checkpoint
+    key: str | None  # FileIdentity.key, None if it can't be stat'ed
+
+
+def _pending_bytes(paths: list[Path], checkpoints: dict[str, Checkpoint]) -> list[Pending]:
     """Each file with the bytes past its checkpoint (0 if it can't be stat'ed:
     the source reports that when it reads it)."""
-    out: list[tuple[Path, int]] = []
+    out: list[Pending] = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
-            out.append((path, 0))
+            out.append(Pending(path, 0, None))
             continue
-        known = checkpoints.get(FileIdentity(st.st_dev, st.st_ino).key)
+        key = FileIdentity(st.st_dev, st.st_ino).key
+        known = checkpoints.get(key)
         start = known.offset if known is not None and known.offset <= st.st_size else 0
-        out.append((path, st.st_size - start))
+        out.append(Pending(path, st.st_size - start, key))
     return out
 
 
-def _slices(pending: list[tuple[Path, int]], size: int) -> Iterator[list[Path]]:
-    """Consecutive files, about `size` pending bytes per slice."""
+def _slices(pending: list[Pending], size: int) -> Iterator[tuple[list[Path], list[str]]]:
+    """Consecutive files, about `size` pending bytes per slice, with their
+    identity keys (to pick out their checkpoints)."""
     paths: list[Path] = []
+    keys: list[str] = []
     total = 0
-    for path, pending_bytes in pending:
-        paths.append(path)
-        total += pending_bytes
+    for item in pending:
+        paths.append(item.path)
+        if item.key is not None:
+            keys.append(item.key)
+        total += item.size
         if total >= size:
-            yield paths
-            paths, total = [], 0
+            yield paths, keys
+            paths, keys, total = [], [], 0
     if paths:
-        yield paths
+        yield paths, keys
 
 
 async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report) -> None:
@@ -345,12 +368,12 @@ async def run_once(
         await clear_analytics(conn)
     events, metadata = discover(settings.data_dir)
     # a backfill favours throughput: long flush interval, full batches, and
-    # the WAL copied into the database once at the end instead of every 4 MB
+    # the WAL copied into the database every ~128 MB instead of every 4 MB
     ingestor = Ingestor(
         conn, settings, strict=strict, flush_interval=1.0, worker_min_bytes=WORKER_MIN_BYTES
     )
     await ingestor.start()
-    await conn.execute("PRAGMA wal_autocheckpoint = 0")
+    await begin_bulk(conn)
     try:
         await ingestor.ingest(events, metadata, report, progress)
         await finish(conn, settings, report)
@@ -360,9 +383,13 @@ async def run_once(
     return report
 
 
+async def begin_bulk(conn: aiosqlite.Connection) -> None:
+    await conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_AUTOCHECKPOINT}")
+
+
 async def end_bulk(conn: aiosqlite.Connection) -> None:
-    """After a bulk load with `wal_autocheckpoint = 0`: back to SQLite's
-    default, and the WAL copied into the database once. Best effort: a
+    """After a bulk load (`begin_bulk`): back to SQLite's default, and the
+    rest of the WAL copied into the database, the file truncated. Best effort: a
     reader in the way only means later commits checkpoint as usual, and it
     must not hide the error that ended the load."""
     try:
