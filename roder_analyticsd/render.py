@@ -123,12 +123,34 @@ def _limit_note(rows: Sequence[Any], limit: int, totals: bool = True) -> str | N
     return f"first {limit} rows" + ("; totals are over these rows" if totals else "") + " (--limit)"
 
 
+PARTIAL = "*"
+
+
+def cost(row: dict[str, Any]) -> str:
+    """A row's cost; `*` marks a sum that leaves out turns with no known price."""
+    value = row["costUsd"]
+    partial = value is not None and row.get("unpricedTurnCount", 0) > 0
+    return usd(value) + (PARTIAL if partial else "")
+
+
 def _cost_total(rows: Sequence[dict[str, Any]]) -> str:
-    costs = [r["costUsd"] for r in rows]
-    return usd(None if any(c is None for c in costs) else sum(costs))
+    priced = [r["costUsd"] for r in rows if r["costUsd"] is not None]
+    unpriced = sum(r.get("unpricedTurnCount", 0) for r in rows)
+    return cost({"costUsd": sum(priced) if priced else None, "unpricedTurnCount": unpriced})
 
 
-_COST_NOTE = f"{UNKNOWN_COST} = price unknown for a model in the group (never counted as $0)"
+def _cost_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    unpriced = sum(r.get("unpricedTurnCount", 0) for r in rows)
+    notes = []
+    if unpriced and any(r["costUsd"] is not None for r in rows):  # a row or the total has *
+        notes.append(f"{PARTIAL} partial sum: {_turns(unpriced)} with no known price not counted")
+    if any(r["costUsd"] is None for r in rows):
+        notes.append(f"{UNKNOWN_COST} = no turn in the group has a known price (never $0)")
+    return notes
+
+
+def _turns(n: int) -> str:
+    return f"{n:,} turn" + ("" if n == 1 else "s")
 
 
 # --- commands -------------------------------------------------------------------
@@ -172,11 +194,9 @@ def tokens(rows: list[dict[str, Any]], group: str, limit: int) -> None:
             total("cacheCreationPromptTokens"), keep=1,
         ),
         Column("Total", lambda r: count(r["totalTokens"]), total("totalTokens")),
-        Column("Cost", lambda r: usd(r["costUsd"]), _cost_total(rows)),
+        Column("Cost", cost, _cost_total(rows)),
     ]  # fmt: skip
-    notes = [n for n in (_limit_note(rows, limit),) if n]
-    if any(r["costUsd"] is None for r in rows):
-        notes.append(_COST_NOTE)
+    notes = [n for n in (_limit_note(rows, limit),) if n] + _cost_notes(rows)
     table(columns, rows, empty="no token usage matches", note="\n".join(notes) or None)
 
 
@@ -199,11 +219,9 @@ def sessions(rows: list[dict[str, Any]], tz: tzinfo, limit: int) -> None:
             keep=2,
         ),
         Column("Last active", lambda r: instant(r["lastActivityMs"], tz), keep=1),
-        Column("Cost", lambda r: usd(r["costUsd"]), _cost_total(rows)),
+        Column("Cost", cost, _cost_total(rows)),
     ]
-    notes = [n for n in (_limit_note(rows, limit),) if n]
-    if any(r["costUsd"] is None for r in rows):
-        notes.append(_COST_NOTE)
+    notes = [n for n in (_limit_note(rows, limit),) if n] + _cost_notes(rows)
     table(columns, rows, empty="no sessions match", note="\n".join(notes) or None)
 
 
@@ -224,11 +242,7 @@ def summary(result: dict[str, Any]) -> None:
         ("  cache write", count(result["cacheCreationPromptTokens"]), "part of the prompt"),
         ("Completion tokens", count(result["completionTokens"]), ""),
         ("Total tokens", count(result["totalTokens"]), ""),
-        (
-            "Cost",
-            usd(result["costUsd"]),
-            "estimate" if result["costUsd"] is not None else "a model's price is unknown",
-        ),
+        ("Cost", cost(result), _summary_cost_detail(result)),
     ]
     columns = [
         Column("", lambda r: r["k"], justify="left"),
@@ -236,6 +250,15 @@ def summary(result: dict[str, Any]) -> None:
         Column("", lambda r: r["d"], justify="left", keep=2),
     ]
     table(columns, [{"k": k, "v": v, "d": d} for k, v, d in items], totals=False, header=False)
+
+
+def _summary_cost_detail(result: dict[str, Any]) -> str:
+    unpriced = result["unpricedTurnCount"]
+    if not unpriced:
+        return "estimate"
+    if result["costUsd"] is None:
+        return f"no known price for any turn ({_turns(unpriced)})"
+    return f"{PARTIAL} partial estimate: {_turns(unpriced)} with no known price not counted"
 
 
 def unused(names: list[str]) -> None:

@@ -38,6 +38,7 @@ SUMMARY_KEYS = [
     "cacheCreationPromptTokens",
     "mostCalledTool",
     "costUsd",
+    "unpricedTurnCount",
 ]
 TOOL_KEYS = [
     "toolName",
@@ -59,6 +60,7 @@ TOKEN_KEYS = [
     "cacheCreationPromptTokens",
     "turnCount",
     "costUsd",
+    "unpricedTurnCount",
 ]
 SESSION_KEYS = [
     "threadId",
@@ -73,6 +75,7 @@ SESSION_KEYS = [
     "firstActivityMs",
     "lastActivityMs",
     "costUsd",
+    "unpricedTurnCount",
 ]
 ROLLUP_KEYS = [
     "day",
@@ -242,8 +245,55 @@ def test_tokens_shape_and_sample_groups(sample, expected):
     for group, rows in expected["tokens"].items():
         got = stats_json(*sample, "tokens", "--group", group, "--limit", "1000")
         assert all(list(r) == TOKEN_KEYS for r in got)
+        if group in ("day", "week", "month"):  # time groups in time order
+            rows = sorted(rows, key=lambda r: r["group"])
         assert [{k: r[k] for k in rows[0]} for r in got] == rows, group
         assert all(isinstance(r["costUsd"], float) for r in got)
+        assert all(r["unpricedTurnCount"] == 0 for r in got)  # every sample model is priced
+
+
+@pytest.mark.parametrize("group", ["day", "week", "month"])
+def test_time_groups_are_listed_in_time_order(sample, group):
+    data_dir, store = sample
+    got = stats_json(data_dir, store, "tokens", "--group", group, "--limit", "1000")
+    keys = [r["group"] for r in got]
+    assert len(keys) > 1 and keys == sorted(keys)
+    assert [r["totalTokens"] for r in got] != sorted(r["totalTokens"] for r in got)[::-1]
+    flipped = stats_json(data_dir, store, "tokens", "--group", group, "--order", "desc",
+                         "--limit", "1000")  # fmt: skip
+    assert flipped == got[::-1]
+    assert stats_json(data_dir, store, "tokens", "--group", group, "--order", "asc",
+                      "--limit", "1000") == got  # fmt: skip
+    # --limit keeps the first rows of the order
+    first = stats_json(data_dir, store, "tokens", "--group", group, "--limit", "2")
+    assert first == got[:2]
+    # the human table lists the same order
+    out = cli("stats", "tokens", "--group", group, "--limit", "1000", "--data-dir", data_dir,
+              "--store", store)  # fmt: skip
+    at = [out.index(key) for key in keys]
+    assert at == sorted(at)
+    out = cli("stats", "tokens", "--group", group, "--order", "desc", "--limit", "1000",
+              "--data-dir", data_dir, "--store", store)  # fmt: skip
+    at = [out.index(key) for key in keys]
+    assert at == sorted(at, reverse=True)
+
+
+@pytest.mark.parametrize("group", ["session", "provider", "model", "workspace"])
+def test_other_groups_by_tokens_and_order_flips_them(sample, group):
+    data_dir, store = sample
+    got = stats_json(data_dir, store, "tokens", "--group", group, "--limit", "1000")
+    assert got == sorted(got, key=lambda r: (-r["totalTokens"], r["group"]))
+    up = stats_json(data_dir, store, "tokens", "--group", group, "--order", "asc",
+                    "--limit", "1000")  # fmt: skip
+    assert up == sorted(got, key=lambda r: (r["totalTokens"], r["group"]))
+    assert stats_json(data_dir, store, "tokens", "--group", group, "--order", "desc",
+                      "--limit", "1000") == got  # fmt: skip
+
+
+def test_an_unknown_order_is_a_usage_error(sample):
+    proc = run_cli("stats", "tokens", "--order", "up", "--data-dir", sample[0], "--store",
+                   sample[1], check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--order" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sessions_shape_order_and_consistency(sample):
@@ -256,6 +306,7 @@ def test_sessions_shape_order_and_consistency(sample):
     assert sum(r["toolErrorCount"] for r in rows) == summary["toolErrorCount"]
     assert sum(r["totalTokens"] for r in rows) == summary["totalTokens"]
     assert sum(r["costUsd"] for r in rows) == pytest.approx(summary["costUsd"], abs=1e-6)
+    assert summary["unpricedTurnCount"] == 0 and all(r["unpricedTurnCount"] == 0 for r in rows)
     last = [r["lastActivityMs"] for r in rows]
     assert last == sorted(last, reverse=True)  # default: most recent first
     by_session = {r["group"]: r for r in stats_json(*sample, "tokens", "--group", "session")}
@@ -431,6 +482,7 @@ def test_unknown_dimensions_group_as_unknown(edges):
         rows = stats_json(data_dir, store, "tokens", "--group", group)
         assert [r["group"] for r in rows] == [known, "(unknown)"], group
         assert rows[1]["costUsd"] is None  # no model: no price, never 0
+        assert rows[1]["unpricedTurnCount"] == 1 and rows[0]["unpricedTurnCount"] == 0
     sessions = stats_json(data_dir, store, "tokens", "--group", "session")
     assert [r["group"] for r in sessions] == ["thr-a", "thr-b"]
 
@@ -488,7 +540,7 @@ def test_rebucketing_is_exact_in_any_zone(zones, tz, group):
         want[key] += total
     got = stats_json(data_dir, store, "tokens", "--group", group, "--timezone", tz)
     assert {r["group"]: r["totalTokens"] for r in got} == dict(want)
-    assert [r["totalTokens"] for r in got] == sorted(want.values(), reverse=True)
+    assert [r["group"] for r in got] == sorted(want)  # time order
 
 
 @pytest.fixture(scope="module")
@@ -515,27 +567,55 @@ def _genai_usd(provider: str, model: str, p: int, c: int, cached: int, creation:
     return round(price.total_price, 6)
 
 
-def test_costs_follow_the_price_table_and_unknown_is_null(priced):
+def test_costs_sum_what_is_priced_and_count_what_is_not(priced):
     data_dir, store = priced
     at = ms("2026-05-01T12:00:00Z")
     gpt5 = _genai_usd("openai", "gpt-5", 120_000, 3_000, 80_000, 5_000, at)
     claude = _genai_usd("anthropic", "claude-sonnet-4-5", 50_000, 2_000, 20_000, 10_000, at + 2000)
+    both = float(gpt5 + claude)
     assert gpt5 > 0 and claude > 0
     rows = {r["group"]: r for r in stats_json(data_dir, store, "tokens", "--group", "model")}
-    assert rows["gpt-5"]["costUsd"] == float(gpt5)
+    assert (rows["gpt-5"]["costUsd"], rows["gpt-5"]["unpricedTurnCount"]) == (float(gpt5), 0)
     assert rows["claude-sonnet-4-5"]["costUsd"] == float(claude)
+    # nothing priced in the group: null, never 0
     assert rows["no-such-model-xyz"]["costUsd"] is None
-    # a group with any unpriced turn is unknown: thr-p is priced, thr-q is not
-    sessions = {r["threadId"]: r for r in stats_json(data_dir, store, "sessions")}
-    assert sessions["thr-p"]["costUsd"] == float(gpt5 + claude)
-    assert sessions["thr-q"]["costUsd"] is None
-    assert stats_json(data_dir, store, "summary")["costUsd"] is None
-    known = stats_json(data_dir, store, "summary", "--thread", "thr-p")
-    assert known["costUsd"] == float(gpt5 + claude)
+    assert rows["no-such-model-xyz"]["unpricedTurnCount"] == 1
+    # one unpriced model no longer blanks the totals: the sum over priced rows, and a count
+    summary = stats_json(data_dir, store, "summary")
+    assert (summary["costUsd"], summary["unpricedTurnCount"]) == (both, 1)
     day = stats_json(data_dir, store, "tokens")
-    assert [r["costUsd"] for r in day] == [None]
-    out = cli("stats", "tokens", "--group", "model", "--data-dir", data_dir, "--store", store)
-    assert "—" in out and f"${float(gpt5):,.2f}" in out
+    assert [(r["costUsd"], r["unpricedTurnCount"], r["turnCount"]) for r in day] == [(both, 1, 3)]
+    sessions = {r["threadId"]: r for r in stats_json(data_dir, store, "sessions")}
+    assert (sessions["thr-p"]["costUsd"], sessions["thr-p"]["unpricedTurnCount"]) == (both, 0)
+    assert (sessions["thr-q"]["costUsd"], sessions["thr-q"]["unpricedTurnCount"]) == (None, 1)
+    by_cost = stats_json(data_dir, store, "sessions", "--sort", "cost")
+    assert [r["threadId"] for r in by_cost] == ["thr-p", "thr-q"]  # null last
+    known = stats_json(data_dir, store, "summary", "--thread", "thr-p")
+    assert (known["costUsd"], known["unpricedTurnCount"]) == (both, 0)
+    only_unknown = stats_json(data_dir, store, "summary", "--thread", "thr-q")
+    assert (only_unknown["costUsd"], only_unknown["unpricedTurnCount"]) == (None, 1)
+    nothing = stats_json(data_dir, store, "summary", "--thread", "no-such-thread")
+    assert (nothing["costUsd"], nothing["unpricedTurnCount"]) == (0.0, 0)  # knowingly 0
+
+
+def test_human_tables_mark_a_partial_sum(priced):
+    data_dir, store = priced
+    where = ("--data-dir", data_dir, "--store", store)
+    total = stats_json(data_dir, store, "summary")["costUsd"]
+    shown = f"${total:,.2f}*"
+    out = cli("stats", "tokens", "--group", "model", *where)
+    total_line = next(line for line in out.splitlines() if line.strip().startswith("Total"))
+    assert shown in total_line  # the total leaves out the unpriced model, and says so
+    assert "—" in out and "* partial" in out and "1 turn with no known price" in out
+    out = cli("stats", "tokens", *where)  # one day: a partial row
+    assert out.count(shown) == 2 and "* partial" in out
+    out = cli("stats", "sessions", *where)
+    assert shown in out and "* partial" in out and "—" in out
+    out = cli("stats", "summary", *where)
+    assert shown in out and "1 turn with no known price" in out
+    # fully priced: no mark, no footnote
+    out = cli("stats", "tokens", "--thread", "thr-p", *where)
+    assert "*" not in out and "partial" not in out
 
 
 @pytest.fixture(scope="module")

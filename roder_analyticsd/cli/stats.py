@@ -29,6 +29,7 @@ LIMIT_DEFAULT = 50
 LIMIT_CAP = 1000
 # kept in step with store/queries.py (not imported: `--help` stays light)
 GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+ORDERS = ("asc", "desc")
 TOOL_SORTS = ("calls", "p95", "errors", "underused")
 SESSION_SORTS = ("recent", "tokens", "cost", "calls")
 ROLLUP_SCOPES = ("all", "tool", "model")
@@ -36,8 +37,9 @@ ROLLUP_SCOPES = ("all", "tool", "model")
 COST_HELP = (
     "costUsd is an estimate from the genai-prices table bundled with this install "
     "(no network), each turn priced at its own time with prompt, completion, cache-read "
-    "and cache-write tokens billed separately; it is null when any turn counted in it "
-    "has a model whose price is unknown (never a made-up 0)."
+    "and cache-write tokens billed separately. It is the sum over the turns whose model "
+    "has a known price; unpricedTurnCount counts the others, and costUsd is null only when "
+    "no turn is priced (never a made-up 0). Tables mark a partial sum with *."
 )
 
 
@@ -160,8 +162,9 @@ def summary(**opts: Any) -> None:
     """Totals: sessions, turns, tool calls, tokens, cost.
 
     sessionCount counts threads with a session record or activity in the
-    window. costUsd is null when any counted turn has a model whose price
-    is unknown.
+    window. costUsd sums the turns whose model has a known price;
+    unpricedTurnCount counts the others (costUsd is null only when no turn
+    is priced).
     """
     from roder_analyticsd.store import queries
 
@@ -221,15 +224,22 @@ def tools(sort: str, min_calls: int, **opts: Any) -> None:
     help="day/week/month in --timezone (ISO weeks), session = thread id; a missing "
     "provider/model/workspace groups as (unknown).",
 )
+@click.option(
+    "--order",
+    type=click.Choice(ORDERS),
+    help="Flip or keep the direction: day/week/month default to asc (oldest first), "
+    "the other groups to desc (most tokens first); ties stay by group asc.",
+)
 @_help(
     "Token spend and cost grouped by time, session, provider, model or workspace.\n\n"
-    "Ordered by totalTokens (most first), then group. " + COST_HELP
+    "day/week/month are listed in time order; the other groups by totalTokens (most "
+    "first), then group. --limit keeps the first rows of that order. " + COST_HELP
 )
-def tokens(group: str, **opts: Any) -> None:
+def tokens(group: str, order: str | None, **opts: Any) -> None:
     from roder_analyticsd.store import queries
 
     f = filters_from(opts)
-    rows = query_store(opts, queries.token_groups, f, group)
+    rows = query_store(opts, queries.token_groups, f, group, order)
     if opts["as_json"]:
         emit_json(rows)
         return

@@ -24,8 +24,9 @@ list of durations is ever built in Python.
 
 Costs are priced per token row (per turn: price tiers depend on a turn's own
 prompt size, and the price in force at its time), in integer micro-dollars,
-then summed. A group with any token row whose price is unknown has
-`costUsd = None`: a partial sum would be a made-up number.
+then summed over the rows whose model has a known price; `unpricedTurnCount`
+counts the rows that have none. `costUsd` is None only when rows exist and
+none is priced (never a made-up 0); a group with no token rows costs 0.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ UNKNOWN = "(unknown)"
 UTC = ZoneInfo("UTC")
 PERCENTILES = (50, 95, 99)
 GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+TIME_GROUPS = ("day", "week", "month")  # listed in time order; the others by totalTokens
+ORDERS = ("asc", "desc")
 TOOL_SORTS = ("calls", "p95", "errors", "underused")
 SESSION_SORTS = ("recent", "tokens", "cost", "calls")
 ROLLUP_SCOPES = ("all", "tool", "model")
@@ -314,7 +317,13 @@ class Cost:
 
     @property
     def usd(self) -> float | None:
-        return None if self.unpriced else self.micro / 1_000_000
+        """The sum over priced rows; None only when every row is unpriced."""
+        if self.unpriced and self.unpriced == self.turns:
+            return None
+        return self.micro / 1_000_000
+
+    def cost_fields(self) -> dict[str, Any]:
+        return {"costUsd": self.usd, "unpricedTurnCount": self.unpriced}
 
 
 _TOKEN_COLUMNS = (
@@ -493,18 +502,29 @@ def _group_key(group: str, tz: tzinfo) -> tuple[str, Callable[[Any], str] | None
 
 
 async def token_groups(
-    conn: aiosqlite.Connection, f: Filters, group: str = "day"
+    conn: aiosqlite.Connection, f: Filters, group: str = "day", order: str | None = None
 ) -> list[dict[str, Any]]:
-    """Token sums and cost per group, totalTokens desc then group asc.
+    """Token sums and cost per group.
+
+    Time groups (day/week/month) are listed in time order, group asc (their
+    keys sort chronologically); the others totalTokens desc, then group asc.
+    `order` sets the direction of that first key (ties stay group asc);
+    `f.limit` keeps the first rows of the order.
 
     day/week/month are calendar buckets of each row's terminal event in
     `f.tz` (ISO weeks, `YYYY-Www`), exact across DST and 30/45-minute zones.
     """
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}")
+    if order is not None and order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}")
     key_sql, key_fn = _group_key(group, f.tz)
     groups = await _costs(conn, f, key_sql, key_fn)
-    ordered = sorted(groups.items(), key=lambda kv: (-kv[1].total, kv[0]))
+    if group in TIME_GROUPS:
+        ordered = sorted(groups.items(), reverse=order == "desc")
+    else:
+        sign = 1 if order == "asc" else -1
+        ordered = sorted(groups.items(), key=lambda kv: (sign * kv[1].total, kv[0]))
     return [
         {
             "group": key,
@@ -514,7 +534,7 @@ async def token_groups(
             "cachedPromptTokens": acc.cached,
             "cacheCreationPromptTokens": acc.creation,
             "turnCount": acc.turns,
-            "costUsd": acc.usd,
+            **acc.cost_fields(),
         }
         for key, acc in ordered[: f.limit]
     ]
@@ -558,8 +578,8 @@ async def summary(conn: aiosqlite.Connection, f: Filters) -> dict[str, Any]:
         "cachedPromptTokens": total.cached,
         "cacheCreationPromptTokens": total.creation,
         "mostCalledTool": min(named)[1] if named else None,
-        # no token rows at all cost a real 0; any unpriced row makes it unknown
-        "costUsd": total.usd,
+        # no token rows at all cost a real 0; unpriced rows are counted, not guessed
+        **total.cost_fields(),
     }
 
 
@@ -585,7 +605,7 @@ async def sessions(
     """Per thread, counting only rows that pass the filters.
 
     Orders: recent = lastActivityMs desc (default); tokens = totalTokens
-    desc; cost = costUsd desc (unknown last); calls = toolCallCount desc.
+    desc; cost = costUsd desc (null last); calls = toolCallCount desc.
     Ties go to threadId asc. First/last activity are the earliest/latest
     instants of the counted turns, calls, token rows and session facts.
     """
@@ -642,13 +662,14 @@ async def sessions(
                 "firstActivityMs": min(firsts) if firsts else None,
                 "lastActivityMs": max(lasts) if lasts else None,
                 "costUsd": None,
+                "unpricedTurnCount": 0,
             }
         )
     out.sort(key=lambda r: r["threadId"])
     if sort == "cost":
         costs = await _costs(conn, f, "u.thread_id")
         for r in out:
-            r["costUsd"] = costs[r["threadId"]].usd if r["threadId"] in costs else 0.0
+            r.update(_session_cost(costs, r["threadId"]))
         out.sort(key=lambda r: (r["costUsd"] is None, -(r["costUsd"] or 0)))
         return out[: f.limit]
     if sort == "recent":
@@ -667,9 +688,13 @@ async def sessions(
             extra_params={"ids": json.dumps([r["threadId"] for r in shown])},
         )
         for r in shown:
-            # a session with no token rows cost nothing, knowingly
-            r["costUsd"] = costs[r["threadId"]].usd if r["threadId"] in costs else 0.0
+            r.update(_session_cost(costs, r["threadId"]))
     return shown
+
+
+def _session_cost(costs: dict[Any, Cost], thread_id: str) -> dict[str, Any]:
+    # a session with no token rows cost nothing, knowingly
+    return (costs.get(thread_id) or Cost()).cost_fields()
 
 
 # --- stats unused / rollups -------------------------------------------------------
