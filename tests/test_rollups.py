@@ -1,5 +1,6 @@
 """Incremental rollups equal a full recompute: exact touched days, dirty
-days that survive a crash, and retention that recomputes what it prunes."""
+days that survive a crash, and retention that keeps the rollups of what it
+prunes (they are the long-term record)."""
 
 from __future__ import annotations
 
@@ -164,34 +165,88 @@ def test_days_written_before_a_crash_are_refreshed_next_run(tmp_path: Path) -> N
     }
 
 
-def test_retention_recomputes_the_days_it_prunes(tmp_path: Path) -> None:
-    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
-    lines = []
-    for i in range(8):  # a turn and a call every 6 hours over two days
-        at = D1 + i * 6 * 3_600_000
-        turn = f"turn-{i}"
-        lines += [
-            line(at, "turn.started", "TurnStarted", turn=turn),
-            tool_start(at + 5, "c", "shell", turn=turn),
-            tool_end(at + 50, "c", "shell", turn=turn),
-            line(at + 60, "turn.completed", "TurnCompleted", turn=turn, usage=USAGE),
-        ]
-    write(data_dir, "thr-1", *lines)
-    write(data_dir, "thr-old", line(D1 - 3 * DAY_MS, "turn.started", "TurnStarted", "thr-old"))
-    once(data_dir, store)
-
-    async def apply(now_ms: int) -> int:
+def _prune(store: Path, days: int, now_ms: int) -> int:
+    async def apply() -> int:
         conn = await open_store(store)
         try:
-            return await prune(conn, 1, now_ms=now_ms)
+            return await prune(conn, days, now_ms=now_ms)
         finally:
             await conn.close()
 
-    # the cutoff falls in the middle of the first day
-    assert anyio.run(apply, D1 + DAY_MS + 13 * 3_600_000) > 0
-    got = rollups(store)
-    assert got == recomputed(store, tmp_path)
-    assert ("2026-10-02", "all", "", 1) in [r[:4] for r in got]  # 18:00 survives
+    return anyio.run(apply)
+
+
+def _ingest_without_refresh(data_dir: Path, store: Path) -> None:
+    async def go() -> None:  # the daemon, between a write and its rollup refresh
+        conn = await open_store(store)
+        try:
+            ingestor = Ingestor(conn, load_settings(data_dir, store), strict=False)
+            await ingestor.start()
+            await ingestor.ingest(*discover(data_dir), Report())
+        finally:
+            await conn.close()
+
+    anyio.run(go)
+
+
+def _day_lines(day_ms: int, thread: str) -> list[str]:
+    lines = []
+    for i in range(4):  # a turn and a call every 6 hours
+        at = day_ms + i * 6 * 3_600_000
+        turn = f"turn-{day_ms}-{i}"
+        lines += [
+            line(at, "turn.started", "TurnStarted", thread, turn),
+            tool_start(at + 5, "c", "shell", thread=thread, turn=turn),
+            tool_end(at + 50, "c", "shell", thread=thread, turn=turn),
+            line(at + 60, "turn.completed", "TurnCompleted", thread, turn, usage=USAGE),
+        ]
+    return lines
+
+
+def test_retention_keeps_the_rollups_of_the_days_it_prunes(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    write(data_dir, "thr-1", *_day_lines(D1, "thr-1"), *_day_lines(D2, "thr-1"))
+    write(data_dir, "thr-old", line(D1 - 3 * DAY_MS, "turn.started", "TurnStarted", "thr-old"))
+    once(data_dir, store)
+    before = rollups(store)
+    assert {r[0] for r in before} == {"2026-09-29", "2026-10-02", "2026-10-03"}
+    # one day kept, "now" in the middle of the day after D2: whole days before D2 go
+    assert _prune(store, 1, D2 + DAY_MS + 13 * 3_600_000) > 0
     with sqlite3.connect(store) as conn:
-        sessions = {r[0] for r in conn.execute("SELECT thread_id FROM turns")}
-    assert sessions == {"thr-1"}
+        starts = [r[0] for r in conn.execute("SELECT started_at_ms FROM turns")]
+    assert starts and min(starts) >= D2  # raw rows of the old days are gone...
+    assert rollups(store) == before  # ...their rollups stay, exactly
+    # asked to refresh every day, the final days are left alone
+
+    async def refresh_all() -> None:
+        conn = await open_store(store)
+        try:
+            await refresh_rollups(conn, {r[0] for r in before})
+        finally:
+            await conn.close()
+
+    anyio.run(refresh_all)
+    assert rollups(store) == before
+    # D2 is kept whole: a new line there is counted on top of all of it
+    write(data_dir, "thr-2", *_day_lines(D2, "thr-2")[:1])
+    once(data_dir, store)
+    d2_turns = [r[3] for r in rollups(store) if r[:3] == ("2026-10-02", "all", "")]
+    assert d2_turns == [4] and ("2026-10-03", "all", "", 5) in [r[:4] for r in rollups(store)]
+
+
+def test_retention_first_counts_what_was_written_but_not_rolled_up(tmp_path: Path) -> None:
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    write(data_dir, "thr-1", *_day_lines(D1, "thr-1"))
+    once(data_dir, store)
+    write(data_dir, "thr-2", *_day_lines(D1, "thr-2"))
+    _ingest_without_refresh(data_dir, store)  # D1 is dirty when retention comes
+    _prune(store, 1, D2 + DAY_MS)
+    got = [r[:5] for r in rollups(store) if r[1] == "all"]
+    assert got == [("2026-10-02", "all", "", 8, 8)]
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("SELECT count(*) FROM turns").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM rollup_dirty_days").fetchone() == (0,)
+    # a line of a pruned day read later (a replaced file) never shrinks its rollup
+    write(data_dir, "thr-3", *_day_lines(D1, "thr-3")[:4])
+    once(data_dir, store)
+    assert [r[:5] for r in rollups(store) if r[1] == "all"] == got

@@ -6,6 +6,7 @@ Heavy modules are imported inside commands so `--help` starts fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -43,6 +44,10 @@ def main(
     With no sub-command, runs the daemon in the foreground: catches up on
     every events.jsonl, then keeps the store current until SIGTERM/SIGINT.
     """
+    # Everything we create (store, -wal, -shm, lock, exports, analytics/)
+    # is private: it holds workspace paths and usage. An existing file keeps
+    # the mode its user gave it.
+    os.umask(0o077)
     if ctx.invoked_subcommand is not None:
         return
     settings = settings_for(data_dir, store)

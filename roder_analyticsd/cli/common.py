@@ -98,13 +98,16 @@ def run_async(func: Callable[..., Any]) -> Callable[..., Any]:
 
         import anyio
 
+        from roder_analyticsd.store.connection import StorePathError
         from roder_analyticsd.store.schema import StoreError
 
         try:
             return anyio.run(functools.partial(func, *args, **kwargs))
+        except StorePathError as exc:
+            raise UsageProblem(str(exc)) from None
         except StoreError as exc:
             raise Failure(str(exc)) from None
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise Failure(f"store: {exc}") from None
         except OSError as exc:
             raise Failure(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None

@@ -35,7 +35,7 @@ from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_opt
 from roder_analyticsd.live.watcher import Changes, Watcher
 from roder_analyticsd.logs import configure_logging
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
-from roder_analyticsd.store.connection import describe_sqlite_error, open_store
+from roder_analyticsd.store.connection import StorePathError, describe_sqlite_error, open_store
 from roder_analyticsd.store.maintenance import dirty_days, prune, refresh_rollups
 from roder_analyticsd.store.schema import StoreError
 from roder_analyticsd.store.transaction import transaction
@@ -70,6 +70,9 @@ def run_daemon(settings: Settings) -> None:
         raise Failure(f"cannot lock store {settings.store}: {exc.strerror or exc}") from None
     try:
         anyio.run(Daemon(settings, options).run)
+    except StorePathError as exc:
+        log.error("daemon_failed", error=str(exc))
+        raise click.UsageError(str(exc)) from None
     except StoreError as exc:
         log.error("daemon_failed", error=str(exc))
         raise Failure(str(exc)) from None

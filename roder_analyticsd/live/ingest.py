@@ -24,7 +24,7 @@ from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, Par
 from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
 from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
 from roder_analyticsd.sources.roder import discover, read_metadata
-from roder_analyticsd.store.maintenance import prune, refresh_rollups
+from roder_analyticsd.store.maintenance import FINAL_BEFORE_KEY, prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.store.writer import write_rows
@@ -111,6 +111,8 @@ async def clear_analytics(conn: aiosqlite.Connection) -> None:
     async with transaction(conn):
         for table in ANALYTICS_TABLES:
             await conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+        # every day's rollups are recomputed from the logs again
+        await conn.execute("DELETE FROM meta WHERE key = ?", (FINAL_BEFORE_KEY,))
 
 
 def _merge(rows: Rows, more: Rows) -> None:

@@ -11,6 +11,9 @@ import aiosqlite
 from roder_analyticsd.store.schema import DAY_MS
 from roder_analyticsd.store.transaction import transaction
 
+# meta key: the UTC day number before which daily rollups are final
+FINAL_BEFORE_KEY = "rollups_final_before_day"
+
 # Each day's rollup rows, recomputed from raw rows (UTC days).
 _ROLLUP_SQL = """
 INSERT INTO daily_rollups (day, scope, key, turns, tool_calls, tool_errors, tool_duration_ms,
@@ -70,15 +73,30 @@ async def _refresh_days(conn: aiosqlite.Connection, days: Iterable[str], now: in
     return written
 
 
+async def final_before_day(conn: aiosqlite.Connection) -> int:
+    """UTC day number before which rollups are final: retention pruned those
+    days' raw rows, so recomputing them would lose what was counted."""
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (FINAL_BEFORE_KEY,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and str(row[0]).isdigit() else 0
+
+
+def _day_number(day: str) -> int:
+    return day_bounds(day)[0] // DAY_MS
+
+
 async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) -> int:
     """Recompute the rollup rows of these UTC days and of every day marked
-    dirty; returns rows written. Nothing to do writes nothing."""
+    dirty (except days whose rollups are final); returns rows written.
+    Nothing to do writes nothing."""
     now = int(time.time() * 1000)
     async with transaction(conn):
         todo = set(days) | await dirty_days(conn)
         if not todo:
             return 0
-        written = await _refresh_days(conn, todo, now)
+        final_before = await final_before_day(conn)
+        open_days = {day for day in todo if _day_number(day) >= final_before}
+        written = await _refresh_days(conn, open_days, now)
         await conn.execute("DELETE FROM rollup_dirty_days")
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
@@ -98,43 +116,45 @@ async def all_days(conn: aiosqlite.Connection) -> set[str]:
         return {row[0] for row in await cur.fetchall() if row[0]}
 
 
-_DAY = "strftime('%Y-%m-%d', {c} / 1000, 'unixepoch')"
-# The days of the rows a prune deletes (as rollups see them), so exactly
-# those days are recomputed; days left with no rows lose their rollups.
-_PRUNED_DAYS = f"""
-SELECT {_DAY.format(c="recorded_at_ms")} FROM token_usage WHERE recorded_at_ms < :cutoff
-UNION SELECT {_DAY.format(c="at_ms")} FROM tool_calls WHERE at_ms < :cutoff
-UNION SELECT {_DAY.format(c="t.started_at_ms")} FROM turns t
-    WHERE COALESCE(t.completed_at_ms, t.started_at_ms, t.model_at_ms) < :cutoff
-      AND t.started_at_ms IS NOT NULL
-UNION SELECT {_DAY.format(c="u.recorded_at_ms")} FROM turns t
-    JOIN token_usage u ON u.thread_id = t.thread_id AND u.turn_id = t.turn_id
-    WHERE COALESCE(t.completed_at_ms, t.started_at_ms, t.model_at_ms) < :cutoff
-"""
+def retention_cutoff(retention_days: int, now_ms: int) -> int:
+    """Start of the UTC day `retention_days` ago: raw rows of whole days
+    before it are pruned, so every day is either kept whole or final."""
+    return (now_ms - retention_days * DAY_MS) // DAY_MS * DAY_MS
 
 
 async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | None = None) -> int:
-    """Delete raw rows older than the retention window; 0 days keeps all.
+    """Delete raw rows of the UTC days older than the retention window; 0
+    days keeps all. Returns the raw rows (and sessions) deleted.
 
-    The rollups of the days it touched are recomputed in the same
-    transaction, so they stay equal to a full recompute. Returns the raw
-    rows (and sessions) deleted.
+    Daily rollups are the long-term record and stay: the pruned days'
+    rollups are first brought up to date from all their rows, in the same
+    transaction, and are final from then on (never recomputed from what
+    is left). Days from the cutoff on lose nothing their rollups read.
     """
     if retention_days <= 0:
         return 0
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    cutoff = now_ms - retention_days * DAY_MS
+    cutoff = retention_cutoff(retention_days, now_ms)
+    final_before = cutoff // DAY_MS
     deleted = 0
     async with transaction(conn):
-        async with conn.execute(_PRUNED_DAYS, {"cutoff": cutoff}) as cur:
-            days = {row[0] for row in await cur.fetchall() if row[0]}
+        stale = [d for d in await dirty_days(conn) if _day_number(d) < final_before]
+        await _refresh_days(conn, stale, now_ms)
+        await conn.execute("DELETE FROM rollup_dirty_days WHERE day < ?", (final_before,))
         for sql in (
-            "DELETE FROM token_usage WHERE recorded_at_ms < ?",
-            "DELETE FROM tool_calls WHERE at_ms < ?",
-            "DELETE FROM turns WHERE COALESCE(completed_at_ms, started_at_ms, model_at_ms) < ?",
-            "DELETE FROM activity WHERE occurred_at_ms < ?",
+            "DELETE FROM token_usage WHERE recorded_at_ms < :cutoff",
+            "DELETE FROM tool_calls WHERE at_ms < :cutoff",
+            # a turn goes when all of it is older, its usage included (the
+            # model rollups of a kept day join usage to its turn)
+            """DELETE FROM turns
+               WHERE COALESCE(completed_at_ms, started_at_ms, model_at_ms) < :cutoff
+                 AND (started_at_ms IS NULL OR started_at_ms < :cutoff)
+                 AND NOT EXISTS (SELECT 1 FROM token_usage u
+                                 WHERE u.thread_id = turns.thread_id AND u.turn_id = turns.turn_id)
+            """,
+            "DELETE FROM activity WHERE occurred_at_ms < :cutoff",
         ):
-            cur = await conn.execute(sql, (cutoff,))
+            cur = await conn.execute(sql, {"cutoff": cutoff})
             deleted += max(cur.rowcount, 0)
         # a session goes only when nothing of it is left
         cur = await conn.execute(
@@ -146,6 +166,10 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
             (cutoff,),
         )
         deleted += max(cur.rowcount, 0)
-        if days:
-            await _refresh_days(conn, days, now_ms)
+        if final_before > await final_before_day(conn):
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (FINAL_BEFORE_KEY, str(final_before)),
+            )
     return deleted

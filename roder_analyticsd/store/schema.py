@@ -338,19 +338,29 @@ class StoreError(Exception):
 
 
 async def migrate(conn: aiosqlite.Connection) -> int:
-    """Bring the store to SCHEMA_VERSION; returns the version found."""
+    """Bring the store to SCHEMA_VERSION; returns the version found.
+
+    The version is read under the write lock (BEGIN IMMEDIATE) and every
+    pending migration runs in that one transaction: of two processes
+    opening a new store together, the second finds it migrated."""
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
-    found = int(row[0]) if row else 0
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"store schema version {found} is newer than this roder-analyticsd ({SCHEMA_VERSION})"
-        )
-    for version in range(found, SCHEMA_VERSION):
-        async with transaction(conn):
+    if (int(row[0]) if row else 0) == SCHEMA_VERSION:
+        return SCHEMA_VERSION  # the common case: no write lock taken
+    async with transaction(conn):
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        found = int(row[0]) if row else 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {found} is newer than this roder-analyticsd "
+                f"({SCHEMA_VERSION})"
+            )
+        for version in range(found, SCHEMA_VERSION):
             for statement in _statements(MIGRATIONS[version]):
                 await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {version + 1}")
+        if found < SCHEMA_VERSION:
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return found
 
 
