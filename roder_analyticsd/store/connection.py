@@ -57,8 +57,8 @@ async def _connect(database: str, *, uri: bool = False) -> aiosqlite.Connection:
 def _check_path(path: Path) -> None:
     try:
         st = path.stat()
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # missing: created (or that fails with its own message)
     except OSError as exc:
         raise StoreError(f"cannot open store {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
