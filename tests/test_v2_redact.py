@@ -48,8 +48,26 @@ KNOWN_PATH_KEYS = [
     "outputFolder",
     "homeDir",
     "path2",
+    # mixed case and all-lowercase compounds (issue 14, item 14)
+    "fIlE",
+    "FILE",
+    "HoMe",
+    "logfile",
+    "srcfile",
+    "LogFile",
+    "outputfiles",
+    "configFILE",
 ]
-KEPT_KEYS = ["runtimeProfile", "profile", "rootCause", "fileCount", "filesChanged", "toolName"]
+KEPT_KEYS = [
+    "runtimeProfile",
+    "profile",
+    "PROFILE",
+    "userprofile",
+    "rootCause",
+    "fileCount",
+    "filesChanged",
+    "toolName",
+]
 ABSOLUTE_PATHS = [
     "/home/alice/project",
     "/",
@@ -85,6 +103,11 @@ def walk(value: Any) -> list[tuple[str | None, Any]]:
 def assert_clean(props: dict[str, Any]) -> None:
     known = {k.lower() for k in KNOWN_PATH_KEYS}
     for key, value in walk(props):
+        if key is not None and key.lower() == "providerbaseurl":
+            assert isinstance(value, str), value
+            parts = urlsplit(value)
+            assert parts.username is None and parts.password is None, value
+            assert "@" not in parts.netloc and parts.query == "" and parts.fragment == "", value
         if key is not None:
             assert not is_path_like_key(key), key
             assert key.lower() not in known, key
@@ -97,11 +120,19 @@ def assert_clean(props: dict[str, Any]) -> None:
 
 keys = st.one_of(
     st.sampled_from(KNOWN_PATH_KEYS + KEPT_KEYS + sorted(ERROR_KEYS) + ["message", "stack"]),
-    st.sampled_from(["projectCommitHash", "projectPath", "/abs/key", "~/k"]),
+    st.sampled_from(["projectCommitHash", "projectPath", "/abs/key", "~/k", "providerBaseUrl"]),
     st.text(max_size=12),
+    # any casing of a path-like key, and compounds ending in `file`
+    st.builds(
+        lambda k, flips: "".join(c.swapcase() if f else c for c, f in zip(k, flips, strict=False)),
+        st.sampled_from(KNOWN_PATH_KEYS),
+        st.lists(st.booleans(), min_size=12, max_size=12),
+    ),
+    st.builds(lambda w: w + "file", st.sampled_from(["log", "src", "out", "lock", "key", "cfg"])),
 )
 strings = st.one_of(
     st.sampled_from(ABSOLUTE_PATHS + NOT_PATHS),
+    st.sampled_from(["https://user:pw@api.example.com/v1?k=s", "http://u@h/"]),
     st.text(max_size=20),
     st.builds(
         lambda a, b: a + b, st.sampled_from(["/", "~/", "C:\\", "\\\\", " /"]), st.text(max_size=8)
@@ -368,3 +399,30 @@ def test_not_a_batch(body: bytes) -> None:
 
 def test_empty_batch() -> None:
     assert validate_batch(b"[]") == ([], [])
+
+
+def test_nested_provider_base_url_loses_userinfo() -> None:
+    props = {
+        "module": "router",
+        "loopStage": "model_request",
+        "request": {"providerBaseUrl": "https://alice:hunter2@llm.example.com/v1?key=k"},
+        "routes": [{"providerBaseUrl": "ftp://bob:pw@x/"}, {"providerbaseurl": "http://c:d@h/"}],
+    }
+    out = redact_properties("feature_used", props)
+    assert out["request"] == {"providerBaseUrl": "https://llm.example.com/v1"}
+    assert out["routes"] == [{}, {"providerbaseurl": "http://h/"}]
+    assert "hunter2" not in json.dumps(out) and "alice" not in json.dumps(out)
+
+
+@pytest.mark.parametrize("key", ["fIlE", "logfile", "srcfile", "LOGFILE", "Src_File"])
+def test_mixed_case_and_compound_file_keys_removed(key: str) -> None:
+    out = redact_properties("feature_used", {"module": "m", "loopStage": "tool_call", key: "x.log"})
+    assert key not in out
+
+
+@given(st.text(max_size=16))
+def test_any_casing_of_a_location_word_is_path_like(key: str) -> None:
+    # whatever the casing, a key that spells a location word is removed
+    for word in ("file", "path", "dir", "home", "cwd", "workspace"):
+        cased = "".join(c.upper() if i % 2 else c for i, c in enumerate(word))
+        assert is_path_like_key(cased) and is_path_like_key(f"{key}_{cased.upper()}")

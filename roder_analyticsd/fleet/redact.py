@@ -16,17 +16,21 @@ Rules (spec "Redaction"):
     all-lowercase compounds (`filepath`, `workdir`, `tmpdir`, `projectroot`)
     and `fileName`, `dirName`, `folderName`, `baseName`.
 
-  `file` is matched as a word, never as a suffix, so `profile` and
-  `runtimeProfile` survive; so do `rootCause`, `fileCount`, `filesChanged`.
+  Matching ignores case: the key's letters run together and lowercased
+  (`fIlE` → `file`) are also checked, against `LOCATION_WORDS` as a whole
+  and against the suffixes, plus `file`/`files` as a suffix, which catches
+  compounds such as `logfile`, `srcfile`, `LOGFILE`. Only `profile` and
+  `profiles` are spared that suffix, so `profile` and `runtimeProfile`
+  survive; so do `rootCause`, `fileCount`, `filesChanged`.
 * A string that **is an absolute path** (after leading whitespace) is removed
   wherever it occurs: as a value at any depth, as a list element, or as a
   key. Absolute means it starts with `/`, `\\` (which covers UNC
   `\\\\server\\share`), `~` followed by an optional user name and then `/`, `\\`
   or the end (`~`, `~/x`, `~alice/x`), a drive letter `C:\\` or `C:/`, or
   `file:` (a file URI).
-* `providerBaseUrl` (a top-level property) is rebuilt from scheme, host,
-  port and path, which drops userinfo, query and fragment; a value that is
-  not an http(s) URL with a host is dropped.
+* `providerBaseUrl` (at any depth, any casing of the key) is rebuilt from
+  scheme, host, port and path, which drops userinfo, query and fragment; a
+  value that is not an http(s) URL with a host is dropped.
 * `error_occurred` keeps only `ERROR_KEYS`, and only scalar values for them:
   no `message`, `stack` or caller metadata.
 * `projectCommitHash` and `projectPath` (removed in v2) are dropped.
@@ -96,10 +100,15 @@ COMPACT_SUFFIXES: tuple[str, ...] = (
     "workspace",
     "workspaces",
 )
+# Compounds ending in `file(s)` are path-like, except these words.
+FILE_SUFFIXES: tuple[str, ...] = ("file", "files")
+NOT_FILE_COMPOUNDS: tuple[str, ...] = ("profile", "profiles")
+BASE_URL_KEY = "providerbaseurl"
 ERROR_KEYS = frozenset(vocabulary.ERROR_KEYS)
 REMOVED_FIELDS: frozenset[str] = frozenset({"projectcommithash", "projectpath"})
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_NOT_LETTER = re.compile(r"[^A-Za-z]+")
 _HOME = re.compile(r"~[\w.-]*(?:[/\\]|$)")
 _DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SESSION_ID = re.compile(r"[0-9a-f]{24}")
@@ -109,9 +118,17 @@ _HOST = re.compile(r"[^\s\x00-\x1f\x7f/\\?#@\[\]<>\"{}|^`]+")
 
 def is_path_like_key(key: str) -> bool:
     words = [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
-    if not words:
+    if words and words[-1] in LOCATION_WORDS:
+        return True
+    # case-blind: the letters alone, lowercased (`fIlE`, `LogFile`, `srcfile`)
+    compact = _NOT_LETTER.sub("", key).lower()
+    if not compact:
         return False
-    return words[-1] in LOCATION_WORDS or "".join(words).endswith(COMPACT_SUFFIXES)
+    return (
+        compact in LOCATION_WORDS
+        or compact.endswith(COMPACT_SUFFIXES)
+        or (compact.endswith(FILE_SUFFIXES) and not compact.endswith(NOT_FILE_COMPOUNDS))
+    )
 
 
 def is_absolute_path(text: str) -> bool:
@@ -168,11 +185,17 @@ def _dropped(value: Any) -> bool:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _scrub(v)
-            for k, v in value.items()
-            if not is_path_like_key(k) and not is_absolute_path(k) and not _dropped(v)
-        }
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if is_path_like_key(k) or is_absolute_path(k) or _dropped(v):
+                continue
+            if k.lower() == BASE_URL_KEY:
+                url = clean_base_url(v)
+                if url is not None:
+                    out[k] = url
+                continue
+            out[k] = _scrub(v)
+        return out
     if isinstance(value, list):
         return [_scrub(v) for v in value if not _dropped(v)]
     return value
@@ -187,14 +210,7 @@ def redact_properties(event_name: str, props: dict[str, Any]) -> dict[str, Any]:
     kept = {k: v for k, v in props.items() if k.lower() not in REMOVED_FIELDS}
     if event_name == "error_occurred":
         kept = {k: v for k, v in kept.items() if k in ERROR_KEYS and _is_scalar(v)}
-    kept = _scrub(kept)
-    if "providerBaseUrl" in kept:
-        url = clean_base_url(kept["providerBaseUrl"])
-        if url is None:
-            del kept["providerBaseUrl"]
-        else:
-            kept["providerBaseUrl"] = url
-    return kept
+    return _scrub(kept)
 
 
 def _safe(text: str) -> str:
