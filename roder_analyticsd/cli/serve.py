@@ -98,6 +98,18 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _limits_from_env() -> dict[str, float]:
+    # Tests shorten the receiver's timeouts; not a user-facing setting.
+    import os
+
+    out: dict[str, float] = {}
+    for key in ("header_timeout", "body_timeout"):
+        value = os.environ.get(f"RODER_ANALYTICSD_{key.upper()}")
+        if value:
+            out[key] = float(value)
+    return out
+
+
 @run_async
 async def _serve(store: Path, host: str, port: int, token: str | None, as_json: bool) -> None:
     import signal
@@ -105,7 +117,7 @@ async def _serve(store: Path, host: str, port: int, token: str | None, as_json: 
     import anyio
     import uvicorn
 
-    from roder_analyticsd.fleet.receiver import create_app
+    from roder_analyticsd.fleet.receiver import Limits, create_app, uvicorn_config
     from roder_analyticsd.logs import configure_logging
     from roder_analyticsd.store.connection import open_store
 
@@ -126,14 +138,8 @@ async def _serve(store: Path, host: str, port: int, token: str | None, as_json: 
         def capture_signals(self) -> Iterator[None]:
             yield  # signals are handled below
 
-    config = uvicorn.Config(
-        create_app(str(store), token=token),
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    limits = Limits(**_limits_from_env())
+    config = uvicorn_config(create_app(str(store), token=token, limits=limits), limits)
     server = Server(config)
     url = _url(sock)
 

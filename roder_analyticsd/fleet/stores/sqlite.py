@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import aiosqlite
+import anyio
 import msgspec
 
 from roder_analyticsd.fleet import vocabulary
 from roder_analyticsd.fleet.model import AnalyticsEvent, encode_event, occurred_at_ms, utc_day
 from roder_analyticsd.fleet.redact import redact_event
+from roder_analyticsd.fleet.stores import StoreUnavailable
 from roder_analyticsd.store.schema import COLLECTED_DDL
 from roder_analyticsd.store.transaction import transaction
 
@@ -150,6 +153,56 @@ async def insert_collected(
         new = ev.event_id not in existing and first.get(ev.event_id) is ev
         (accepted if new else duplicates).append(ev.event_id)
     return accepted, duplicates
+
+
+# SQLITE_BUSY, SQLITE_LOCKED: another writer holds the store, for now
+_CONTENTION = {5, 6}
+_PROBE_SQL = (
+    "INSERT INTO collected_events (event_id, received_at_ms, occurred_at_ms, day, event_name,"
+    " installation_id, instance_id, deployment_mode, commit_hash, app_version, platform,"
+    " properties_json) VALUES ('', 0, 0, '', '', '', '', '', '', '', '', '{}')"
+)
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return StoreUnavailable(
+        f"store: {exc}", transient=code is not None and code & 0xFF in _CONTENTION
+    )
+
+
+class SqliteFleetStore:
+    """The receiver's SQLite store: one connection, one transaction at a time."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000
+    ) -> SqliteFleetStore:
+        return cls(await open_db(path, busy_timeout_ms=busy_timeout_ms))
+
+    async def insert(self, events: Sequence[AnalyticsEvent]) -> tuple[list[str], list[str]]:
+        try:
+            async with self._lock:
+                return await insert_collected(self._conn, events)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
+
+    async def probe(self) -> None:
+        # A committed write that leaves nothing behind: taking the write lock
+        # alone writes no page, and would pass on a full disk.
+        try:
+            async with self._lock, transaction(self._conn):
+                await self._conn.execute(_PROBE_SQL)
+                await self._conn.execute("DELETE FROM collected_events WHERE event_id = ''")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 async def enqueue(
