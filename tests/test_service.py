@@ -5,11 +5,13 @@ from __future__ import annotations
 import configparser
 import os
 import plistlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 from roder_analyticsd.live.service import (
     ServiceError,
@@ -89,6 +91,69 @@ def test_systemd_unit_parses_and_sets_policy() -> None:
         assert "network" not in unit["Unit"].get(key, "")
 
 
+def test_systemd_unit_is_sandboxed_for_a_passive_reader() -> None:
+    unit = parse_unit(render_systemd_unit(EXE, writable=["/data/roder", "/srv/a b/100%"]))
+    svc = unit["Service"]
+    assert svc["ProtectSystem"] == "strict"
+    assert svc["ReadWritePaths"] == '/data/roder "/srv/a b/100%%"'
+    assert (svc["NoNewPrivileges"], svc["PrivateTmp"], svc["UMask"]) == ("yes", "yes", "0077")
+
+
+def test_systemd_unit_waits_for_the_network_only_when_forwarding() -> None:
+    unit = parse_unit(render_systemd_unit(EXE, writable=["/d"], forwarding=True))
+    assert unit["Unit"]["Wants"] == "network-online.target"
+    assert unit["Unit"]["After"] == "network-online.target"
+    quiet = parse_unit(render_systemd_unit(EXE, writable=["/d"], forwarding=False))
+    assert "Wants" not in quiet["Unit"] and "After" not in quiet["Unit"]
+
+
+def _verify(unit_file: Path, home: Path) -> None:
+    """`systemd-analyze --user verify`: no error and no warning about the unit."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        unavailable("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    runtime = home / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    done = subprocess.run(
+        [tool, "--user", "verify", str(unit_file)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and unit_file.name not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("forwarding", [False, True])
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path, forwarding: bool) -> None:
+    home = tmp_path / "home"
+    exe = home / "venv dir" / "bin" / "roder-analyticsd"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    data, elsewhere = home / ".roder", tmp_path / "store 100%"
+    data.mkdir()
+    elsewhere.mkdir()
+    unit = tmp_path / "roder-analyticsd.service"
+    unit.write_text(
+        render_systemd_unit(
+            str(exe), ["--data-dir", str(data), "--store", str(elsewhere / "s.sqlite3")],
+            writable=[str(data), str(elsewhere)], forwarding=forwarding,
+        )
+    )  # fmt: skip
+    _verify(unit, home)
+
+
+def test_systemd_template_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    exe = home / "roder-analyticsd" / ".venv" / "bin" / "roder-analyticsd"  # as documented
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (home / ".roder").mkdir()
+    unit = tmp_path / "roder-analyticsd.service"
+    shutil.copy(REPO / "systemd" / "roder-analyticsd.service", unit)
+    _verify(unit, home)
+
+
 def test_systemd_exec_start_quotes_specials() -> None:
     unit = parse_unit(render_systemd_unit("/home/a b/x%y$z", ["--data-dir", "/d 1/%h$HOME", 'a"b']))
     # % is a specifier everywhere; $ is a variable only in arguments (checked with
@@ -114,6 +179,7 @@ def test_launchd_plist_parses_and_sets_policy(home: Path) -> None:
     assert agent["ProcessType"] == "Background"
     assert agent["LowPriorityIO"] is True
     assert agent["Nice"] > 0
+    assert agent["Umask"] == 0o077
     logs = home / "Library" / "Logs"
     for key in ("StandardOutPath", "StandardErrorPath"):
         assert Path(agent[key]).parent == logs
@@ -129,9 +195,12 @@ def test_launchd_label_is_configurable() -> None:
 
 def test_systemd_template_matches_renderer() -> None:
     template = parse_unit((REPO / "systemd" / "roder-analyticsd.service").read_text())
-    rendered = parse_unit(render_systemd_unit(EXE, []))
-    assert template["Service"]["ExecStart"] == "%h/.local/bin/roder-analyticsd"
-    template["Service"]["ExecStart"] = rendered["Service"]["ExecStart"]
+    rendered = parse_unit(render_systemd_unit(EXE, [], writable=["/data"]))
+    # the venv of the README's set-up, and the default data dir
+    assert template["Service"]["ExecStart"] == "%h/roder-analyticsd/.venv/bin/roder-analyticsd"
+    assert template["Service"]["ReadWritePaths"] == "%h/.roder"
+    for key in ("ExecStart", "ReadWritePaths"):
+        template["Service"][key] = rendered["Service"][key]
     assert sections(template) == sections(rendered)
 
 
@@ -194,10 +263,20 @@ def test_executable_is_the_real_path_of_the_console_script(
     real.chmod(0o755)
     (bin_dir / "roder-analyticsd").symlink_to(real)
     monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)  # not in a venv
 
     monkeypatch.setattr(sys, "argv", ["pytest"])  # not the console script: use PATH
     _, content = install_service(dry_run=True)
     assert parse_unit(content)["Service"]["ExecStart"] == str(real.resolve())
+
+    # `python -m roder_analyticsd install-service` from a venv: that venv's script
+    venv = tmp_path / "project" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "roder-analyticsd").write_text("#!/bin/sh\n")
+    (venv / "bin" / "roder-analyticsd").chmod(0o755)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    _, content = install_service(dry_run=True)
+    assert parse_unit(content)["Service"]["ExecStart"] == str(venv / "bin/roder-analyticsd")
 
     other = tmp_path / "other" / "roder-analyticsd"
     other.parent.mkdir()
@@ -213,6 +292,7 @@ def test_without_console_script_runs_the_module(
 ) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.setattr(sys, "prefix", str(home))  # a venv without the console script
     _, content = install_service(dry_run=True)
     args = plistlib.loads(content.encode())["ProgramArguments"]
     # the venv interpreter itself, not the base interpreter its symlink points to
@@ -229,10 +309,16 @@ def test_systemd_install_and_uninstall(
     fake_tool(bin_dir, "systemctl", log)
     monkeypatch.setattr(sys, "platform", "linux")
 
-    path, content = install_service(dry_run=False, exe=EXE)
+    data, store = tmp_path / "data", tmp_path / "elsewhere" / "usage.sqlite3"
+    path, content = install_service(dry_run=False, exe=EXE, data_dir=data, store=store)
     unit = home / ".config/systemd/user/roder-analyticsd.service"
     assert path == str(unit)
     assert unit.read_text() == content
+    # the sandbox can't start on a missing path: both writable dirs exist, 0700
+    writable = parse_unit(content)["Service"]["ReadWritePaths"].split()
+    assert writable == [os.path.realpath(data), os.path.realpath(store.parent)]
+    for directory in (data, store.parent):
+        assert directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
     assert tree(unit.parent) == ["roder-analyticsd.service"]  # no temp file left behind
     assert log.read_text().splitlines() == [
         "--user daemon-reload",

@@ -72,8 +72,15 @@ def install_service(
     from roder_analyticsd.live.service import ServiceError
     from roder_analyticsd.live.service import install_service as install
 
+    settings = settings_for(data_dir, store)  # a bad config.toml stops here, not in the unit
     try:
-        path, content = install(dry_run, args=_daemon_args(data_dir, store))
+        path, content = install(
+            dry_run,
+            args=_daemon_args(data_dir, store),
+            data_dir=settings.data_dir,
+            store=settings.store,
+            forwarding=settings.forward_endpoint is not None,
+        )
     except ServiceError as exc:
         raise Failure(exc.message) from None
     if as_json:

@@ -1,8 +1,14 @@
 """Install the daemon as a per-user service: systemd on Linux, launchd on macOS.
 
 The service runs `roder-analyticsd` with no sub-command (the tailing daemon) at
-low CPU and I/O priority, restarts it only when it fails, and does not wait for
-the network: the daemon reads local files and stays useful offline.
+low CPU and I/O priority, restarts it only when it fails, and waits for the
+network only when forwarding is on: otherwise the daemon reads local files and
+stays useful offline. The executable is the one of the venv that runs the
+install (the README's set-up installs into `.venv`).
+
+The systemd unit is sandboxed as far as a passive reader allows: the whole
+file system read-only except the data dir (and the store's dir when it lies
+elsewhere), no privilege gain, a private /tmp, files created 0600.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from roder_analyticsd.config import default_data_dir
 
 __all__ = [
     "LAUNCHD_LABEL",
@@ -44,16 +52,34 @@ class ServiceError(Exception):
 # --- rendering ----------------------------------------------------------------
 
 
-def render_systemd_unit(exe: str, args: Sequence[str] = ()) -> str:
-    """A systemd user unit that runs `exe args...`."""
+def render_systemd_unit(
+    exe: str,
+    args: Sequence[str] = (),
+    *,
+    writable: Sequence[str] = (),
+    forwarding: bool = False,
+) -> str:
+    """A systemd user unit that runs `exe args...`, writing only under
+    `writable` (the data dir, and the store's dir when it lies elsewhere);
+    `forwarding` orders it after the network is up."""
     command = " ".join(
         [_systemd_quote(exe, executable=True), *(_systemd_quote(arg) for arg in args)]
     )
+    if forwarding:
+        network = (
+            "# Forwarding is on ([analytics.forward] endpoint): start once the network is up.\n"
+            "Wants=network-online.target\n"
+            "After=network-online.target\n"
+        )
+    else:
+        network = "# Reads local files only (forwarding is off): no network dependency.\n"
+    # no variables in paths: only specifiers (%) and quoting apply
+    paths = " ".join(_systemd_quote(path, executable=True) for path in writable)
+    read_write = f"ReadWritePaths={paths}\n" if paths else ""
     return f"""\
 [Unit]
 Description=Roder usage analytics daemon
-# Reads local files only: no network dependency on purpose.
-
+{network}
 [Service]
 Type=simple
 ExecStart={command}
@@ -64,7 +90,13 @@ TimeoutStopSec=30
 # Background work: stay out of the way of interactive use.
 Nice={_NICE}
 IOSchedulingClass=idle
-
+# A passive reader: everything read-only but the data dir (and the store's
+# dir), no privilege gain, a private /tmp, files only the user can read.
+UMask=0077
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+{read_write}
 [Install]
 WantedBy=default.target
 """
@@ -89,6 +121,7 @@ def render_launchd_plist(
         "ProcessType": "Background",
         "LowPriorityIO": True,
         "Nice": _NICE,
+        "Umask": 0o077,  # the store and its lock: readable by the user only
         # launchd does not expand ~, so these must be absolute.
         "StandardOutPath": str(logs / "roder-analyticsd.log"),
         "StandardErrorPath": str(logs / "roder-analyticsd.err.log"),
@@ -120,17 +153,26 @@ def install_service(
     *,
     args: Sequence[str] = (),
     exe: str | None = None,
+    data_dir: Path | None = None,
+    store: Path | None = None,
+    forwarding: bool = False,
 ) -> tuple[str, str]:
     """Write and enable the user service; return (path, file content).
 
     With `dry_run` nothing is written and no command runs. `args` are extra daemon
     options (e.g. `--data-dir`); `exe` overrides the detected executable.
+    `data_dir` (default: the default data dir) and the store's dir are the
+    only places the systemd unit may write; an install creates them (0700),
+    since the sandbox can't start on a missing path.
     """
     platform = _platform()
     command = [exe, *args] if exe is not None else [*_daemon_command(), *args]
+    writable = _writable_dirs(data_dir, store)
     if platform == "systemd":
         path = _systemd_unit_path()
-        content = render_systemd_unit(command[0], command[1:])
+        content = render_systemd_unit(
+            command[0], command[1:], writable=[str(p) for p in writable], forwarding=forwarding
+        )
     else:
         path = _launchd_plist_path()
         content = render_launchd_plist(command[0], command[1:])
@@ -139,6 +181,11 @@ def install_service(
 
     if platform == "systemd":
         systemctl = _require_tool("systemctl")
+        for directory in writable:
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceError(f"cannot create {directory}: {exc.strerror or exc}") from None
         _write_file(path, content)
         _run([systemctl, "--user", "daemon-reload"])
         # A reinstall must apply the new unit to an already running daemon;
@@ -209,11 +256,27 @@ def _launchd_plist_path() -> Path:
     return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
 
 
+def _writable_dirs(data_dir: Path | None, store: Path | None) -> list[Path]:
+    """The data dir, and the store's dir unless it lies inside the data dir
+    (real paths: the sandbox binds what the links point to)."""
+    data = Path(os.path.realpath((data_dir or default_data_dir()).expanduser()))
+    dirs = [data]
+    if store is not None:
+        store_dir = Path(os.path.realpath(store.expanduser().parent))
+        if not store_dir.is_relative_to(data):
+            dirs.append(store_dir)
+    return dirs
+
+
 def _daemon_command() -> list[str]:
-    """The real path of the running console script, else the one on PATH."""
+    """The real path of the running console script, else the one of the
+    running interpreter's venv, else the one on PATH."""
     argv0 = sys.argv[0] if sys.argv else ""
     if Path(argv0).name == EXECUTABLE and os.access(argv0, os.X_OK):
         return [os.path.realpath(argv0)]
+    in_venv = Path(sys.prefix) / "bin" / EXECUTABLE
+    if sys.prefix != sys.base_prefix and os.access(in_venv, os.X_OK):
+        return [os.path.realpath(in_venv)]
     found = shutil.which(EXECUTABLE)
     if found:
         return [os.path.realpath(found)]
