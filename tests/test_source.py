@@ -57,6 +57,39 @@ def test_appends_in_any_pieces_yield_each_complete_line_once(tmp_path, lines, cu
     assert cp.line_no == len(lines)
 
 
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(lines=lines_strategy, budget=st.integers(min_value=1, max_value=200),
+       chunk_lines=st.integers(min_value=1, max_value=7))  # fmt: skip
+def test_a_byte_budget_reads_a_share_and_says_more_remains(tmp_path, lines, budget, chunk_lines):
+    """Read with a byte budget, again and again while `more` says so: every
+    complete line once, in order; each read stays within its budget (or is
+    one line, if that line alone is bigger)."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines) + b"partial")
+    checkpoints: dict[str, Checkpoint] = {}
+    seen: list[bytes] = []
+    for _ in range(len(lines) + 1):
+        outcome = FileRead("t/events.jsonl")
+        batches = list(read_new_lines(
+            path, path.parent, checkpoints, outcome, chunk_lines=chunk_lines, max_bytes=budget
+        ))  # fmt: skip
+        got = [line for batch in batches for line in batch.lines]
+        assert got, "a read with complete lines left makes progress"
+        size = sum(len(line) + 1 for line in got)
+        assert size <= budget or len(got) == 1 or size - len(got[-1]) - 1 < budget
+        for batch in batches:
+            for cp in batch.checkpoints:
+                checkpoints[cp.identity.key] = cp
+        seen.extend(got)
+        if not outcome.more:
+            break
+    assert seen == lines
+
+
 def test_a_runaway_line_is_reported_and_skipped_without_buffering_it(tmp_path, monkeypatch):
     monkeypatch.setattr(source, "MAX_LINE_BYTES", 100)
     monkeypatch.setattr(source, "READ_BLOCK", 64)

@@ -153,3 +153,35 @@ def test_a_killed_worker_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatc
     ingest_once(data_dir, store, workers=True)
     ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
     assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
+
+
+def test_a_per_file_budget_reads_in_shares_to_the_same_store(tmp_path, data_dir):
+    """The live daemon's per-step budget: each call reads a share of each
+    file and lists the files with more; calling on with those gives exactly
+    the store one full pass gives, every line once."""
+    alone = ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
+    store = tmp_path / "shares.sqlite3"
+
+    async def go() -> tuple[int, int]:
+        conn = await open_store(store)
+        try:
+            settings = load_settings(data_dir, store)
+            ingestor = Ingestor(conn, settings, strict=False, file_budget=2048)
+            await ingestor.start()
+            events, metadata = discover(data_dir)
+            calls = lines = 0
+            while events or metadata:
+                report = Report()
+                await ingestor.ingest(events, metadata, report)
+                calls += 1
+                lines += report.lines_ingested
+                events, metadata = report.unfinished, []
+            await finish(conn, settings, Report())
+            return calls, lines
+        finally:
+            await conn.close()
+
+    calls, lines = anyio.run(go)
+    assert calls > 2  # the budget did cut the files into shares
+    assert lines == alone.lines_ingested
+    assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")

@@ -29,7 +29,7 @@ import click
 import structlog
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.live.ingest import Ingestor, Report, end_bulk
+from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
@@ -42,9 +42,11 @@ from roder_analyticsd.store.transaction import transaction
 
 log = structlog.get_logger()
 
-CATCH_UP_FILES = 256  # files per catch-up pass: a stop request is honoured between passes
-BULK_FLUSH_INTERVAL = 1.0  # as `--once`
 MAX_REMEMBERED_ERRORS = 10_000
+# After the catch-up, a step reads at most this much of each changed file;
+# a file with more goes round again in the next step, after the others: a
+# flood into one thread cannot hold back a line appended to another.
+STEP_FILE_BYTES = 64 << 10
 
 
 def run_daemon(settings: Settings) -> None:
@@ -103,6 +105,7 @@ class Daemon:
         self.settings = settings
         self.options = options
         self.pending = Changes()
+        self.behind: set[Path] = set()  # thread dirs left with lines unread at the budget
         self.rescan_due = False
         self.rollup_due = False
         self.retention_due = False
@@ -115,7 +118,9 @@ class Daemon:
             settings.data_dir,
             self._notify,
             step_ms=options.watch_step_ms,
-            debounce_ms=int(options.flush_interval * 1000),
+            # short, so a flood into one file does not hold back the news
+            # of another: the flood itself is read on by budget, not by news
+            debounce_ms=options.watch_step_ms,
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -131,7 +136,11 @@ class Daemon:
                 await conn.execute(f"PRAGMA busy_timeout = {self.options.busy_timeout_ms}")
                 self.conn = conn
                 self.ingestor = Ingestor(
-                    conn, settings, strict=False, flush_interval=self.options.flush_interval
+                    conn,
+                    settings,
+                    strict=False,
+                    flush_interval=self.options.flush_interval,
+                    file_budget=STEP_FILE_BYTES,
                 )
                 await self.ingestor.start()
                 async with conn.execute("PRAGMA user_version") as cur:
@@ -192,8 +201,8 @@ class Daemon:
     def _has_work(self) -> bool:
         p = self.pending
         return bool(
-            p.events or p.metadata or p.rescan or self.rescan_due or self.rollup_due
-            or self.retention_due
+            p.events or p.metadata or p.rescan or self.behind or self.rescan_due
+            or self.rollup_due or self.retention_due
         )  # fmt: skip
 
     async def _work(self) -> None:
@@ -219,24 +228,15 @@ class Daemon:
         began = time.monotonic()
         report = Report()
         events, metadata = discover(self.settings.data_dir)
-        # a backlog is a backfill: full batches, one WAL checkpoint at the
-        # end (as `--once`)
-        self.ingestor.flush_interval = max(BULK_FLUSH_INTERVAL, self.options.flush_interval)
-        await self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            for start in range(0, len(events), CATCH_UP_FILES):
-                chunk = (
-                    events[start : start + CATCH_UP_FILES],
-                    metadata[start : start + CATCH_UP_FILES],
-                )
-                while not self.stopping and not await self._ingest(*chunk, report):
-                    pass  # the store refused the write: retried after a backoff
-                if self.stopping:
-                    return
-        finally:
-            self.ingestor.flush_interval = self.options.flush_interval
-            with anyio.CancelScope(shield=True):
-                await end_bulk(self.conn)
+        # the backlog is read as `--once` reads it (worker processes for a
+        # big one, stopped after); a stop request is honoured between files
+        async with bulk_load(self.ingestor):
+            while not self.stopping and not await self._ingest(
+                events, metadata, report, stoppable=True
+            ):
+                pass  # the store refused the write: retried after a backoff
+        if self.stopping:
+            return
         while not self.stopping and not await self._retention():
             pass
         while not self.stopping and not await self._refresh_rollups():
@@ -253,31 +253,47 @@ class Daemon:
 
     async def _step(self) -> None:
         changes, self.pending = self.pending, Changes()
+        behind, self.behind = self.behind, set()
         rescan = changes.rescan or self.rescan_due
         self.rescan_due = False
         if rescan:
             events, metadata = discover(self.settings.data_dir)
+            events = [path for path in events if path.parent not in behind]
         else:
-            events = [d / EVENTS_FILE for d in sorted(changes.events)]
+            events = [d / EVENTS_FILE for d in sorted(changes.events - behind)]
             metadata = [d / METADATA_FILE for d in sorted(changes.metadata)]
-        if events or metadata:
-            if not await self._ingest(events, metadata, Report()):
+        # Files that just changed go first, in a transaction of their own;
+        # then one more share of each file still behind (a flood): a line
+        # appended to a quiet thread waits for at most one share per file.
+        for paths, meta in ((events, metadata), ([d / EVENTS_FILE for d in sorted(behind)], [])):
+            if not paths and not meta:
+                continue
+            report = Report()
+            if not await self._ingest(paths, meta, report):
                 self._notify(changes)  # try again once the store takes writes
+                self.behind |= behind
                 self.rescan_due |= rescan
                 return
-            if rescan:
-                await self._drop_missing(events)
+            self.behind |= {path.parent for path in report.unfinished}
+        if rescan:
+            await self._drop_missing(events + [d / EVENTS_FILE for d in behind])
         if self.retention_due and await self._retention():
             self.retention_due = False
         if self.rollup_due and await self._refresh_rollups():
             self.rollup_due = False
 
-    async def _ingest(self, events: list[Path], metadata: list[Path], report: Report) -> bool:
+    async def _ingest(
+        self, events: list[Path], metadata: list[Path], report: Report, *, stoppable: bool = False
+    ) -> bool:
         """One pass through the Ingestor; False (after a backoff) when the
         store refused it. What committed before a failure stays committed,
-        with its checkpoints; the rest is read again by the retry."""
+        with its checkpoints; the rest is read again by the retry.
+        `stoppable`: a stop request ends the pass between files (the
+        catch-up; a step is bounded by the per-file budget anyway)."""
         before = len(report.parse_errors), len(report.file_errors)
-        if not await self._guarded(self.ingestor.ingest(events, metadata, report)):
+        stop = (lambda: self.stopping) if stoppable else None
+        work = self.ingestor.ingest(events, metadata, report, stop=stop)
+        if not await self._guarded(work):
             return False
         self._log_problems(report, *before, events + metadata)
         return True

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +31,7 @@ from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.store.writer import write_rows
 
 WRITE_BATCH_ROWS = 30_000
+BULK_FLUSH_INTERVAL = 1.0  # seconds a group of batches may wait to fill, in a bulk load
 # A backlog at least this big is staged in worker processes, so reading and
 # decoding run beside this process's writes; below it, a worker's start-up
 # costs more than it saves.
@@ -78,6 +80,9 @@ class Report:
     unknown_kinds: Counter[str] = field(default_factory=Counter)
     rows_pruned: int = 0
     rollup_rows_refreshed: int = 0
+    # files left with complete lines unread at the per-file byte budget
+    # (the live daemon reads them on in its next step); not in the JSON
+    unfinished: list[Path] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,11 +141,15 @@ class Ingestor:
         strict: bool,
         flush_interval: float = 0.05,
         worker_min_bytes: int | None = None,
+        file_budget: int | None = None,
     ) -> None:
         """`worker_min_bytes`: stage a backlog at least this big in worker
-        processes (None: never; the live daemon stays one process)."""
+        processes (None: never). `file_budget`: read at most about this many
+        bytes of each file per call, listing the files with more in
+        `Report.unfinished` (None: read every file to its end)."""
         self.conn = conn
         self.worker_min_bytes = worker_min_bytes
+        self.file_budget = file_budget
         self.flush_interval = flush_interval
         self.settings = settings
         self.strict = strict
@@ -184,9 +193,13 @@ class Ingestor:
                     if stop is not None and stop():
                         return
                     outcome = FileRead(relative(path, data_dir))
-                    for batch in read_new_lines(path, data_dir, self.checkpoints, outcome):
+                    for batch in read_new_lines(
+                        path, data_dir, self.checkpoints, outcome, max_bytes=self.file_budget
+                    ):
                         await send.send(batch)
                     _account(outcome, report)
+                    if outcome.more:
+                        report.unfinished.append(path)
                     if progress is not None:
                         progress(done, len(events))
 
@@ -369,24 +382,29 @@ async def run_once(
     if rebuild:
         await clear_analytics(conn)
     events, metadata = discover(settings.data_dir)
-    # a backfill favours throughput: long flush interval, full batches, and
-    # the WAL copied into the database every ~128 MB instead of every 4 MB
-    ingestor = Ingestor(
-        conn, settings, strict=strict, flush_interval=1.0, worker_min_bytes=WORKER_MIN_BYTES
-    )
+    ingestor = Ingestor(conn, settings, strict=strict)
     await ingestor.start()
-    await begin_bulk(conn)
-    try:
+    async with bulk_load(ingestor):
         await ingestor.ingest(events, metadata, report, progress)
         await finish(conn, settings, report)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await end_bulk(conn)
     return report
 
 
-async def begin_bulk(conn: aiosqlite.Connection) -> None:
-    await conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_AUTOCHECKPOINT}")
+@asynccontextmanager
+async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
+    """A backlog, read the same way by `--once` and by the daemon's first
+    catch-up: staged in worker processes when big, long flush interval and
+    full batches, every file to its end, the WAL checkpointed rarely."""
+    saved = ingestor.flush_interval, ingestor.worker_min_bytes, ingestor.file_budget
+    ingestor.flush_interval = max(BULK_FLUSH_INTERVAL, ingestor.flush_interval)
+    ingestor.worker_min_bytes, ingestor.file_budget = WORKER_MIN_BYTES, None
+    await ingestor.conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_AUTOCHECKPOINT}")
+    try:
+        yield
+    finally:
+        ingestor.flush_interval, ingestor.worker_min_bytes, ingestor.file_budget = saved
+        with anyio.CancelScope(shield=True):
+            await end_bulk(ingestor.conn)
 
 
 async def end_bulk(conn: aiosqlite.Connection) -> None:

@@ -38,7 +38,7 @@ class DaemonOptions:
     @property
     def watch_step_ms(self) -> int:
         """The watcher yields once no change came for this long (a lone
-        event) and at most every flush interval (a flood)."""
+        event), and at least this often during a flood (its debounce)."""
         return max(5, min(20, int(self.flush_interval * 1000) // 2))
 
 

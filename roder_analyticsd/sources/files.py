@@ -55,6 +55,7 @@ class FileRead:
     skipped_lines: int = 0  # lines before the checkpoint, not re-read
     error: FileError | None = None
     identity: FileIdentity | None = None
+    more: bool = False  # stopped at the byte budget: complete lines remain to be read
 
 
 def read_new_lines(
@@ -64,8 +65,14 @@ def read_new_lines(
     outcome: FileRead,
     *,
     chunk_lines: int = CHUNK_LINES,
+    max_bytes: int | None = None,
 ) -> Iterator[Batch]:
     """Yield Batches of the complete lines past the file's checkpoint.
+
+    With `max_bytes`, stop after about that many bytes of lines (at least
+    one line) and set `outcome.more` if complete lines remain: a caller
+    going round many files gives each its share, so a flood into one file
+    cannot hold back a line appended to another.
 
     `checkpoints` is keyed by FileIdentity.key. A file whose identity is
     known but whose first bytes changed, or that shrank below the
@@ -101,7 +108,9 @@ def read_new_lines(
         if known is not None and offset == st.st_size and known.path == rel:
             return  # nothing new
         handle.seek(offset)
-        yield from _chunks(handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines)
+        yield from _chunks(
+            handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines, max_bytes, outcome
+        )
         # a renamed (archived) file with nothing new still records its new path
         if known is not None and known.path != rel and offset == st.st_size:
             yield Batch(
@@ -116,9 +125,11 @@ def read_new_lines(
 
 def _chunks(
     handle, rel: str, identity: FileIdentity, offset: int, line_no: int,
-    fp_len: int, fp_hash: str, chunk_lines: int,
+    fp_len: int, fp_hash: str, chunk_lines: int, max_bytes: int | None, outcome: FileRead,
 ) -> Iterator[Batch]:  # fmt: skip
     """Cut the file into Batches of complete lines; bytes.split does the work."""
+    chunk_bytes = CHUNK_BYTES if max_bytes is None else max(1, min(CHUNK_BYTES, max_bytes))
+    budget = max_bytes
     carry = b""
     pending: list[bytes] = []
     pending_bytes = 0
@@ -146,11 +157,21 @@ def _chunks(
         start = 0
         while start < len(parts):
             take = parts[start : start + chunk_lines - len(pending)]
+            if budget is not None:
+                take = _within(take, budget - pending_bytes - len(pending), not pending)
             start += len(take)
             pending.extend(take)
             pending_bytes += sum(map(len, take))
-            if len(pending) >= chunk_lines or pending_bytes >= CHUNK_BYTES:
+            if len(pending) >= chunk_lines or pending_bytes >= chunk_bytes or (
+                budget is not None and start < len(parts)
+            ):
+                emitted = pending_bytes + len(pending)
                 yield emit()
+                if budget is not None:
+                    budget -= emitted
+                    if budget <= 0:
+                        outcome.more = start < len(parts) or b"\n" in handle.read(READ_BLOCK)
+                        return
         if skipping:
             offset += len(carry)
             carry = b""
@@ -166,3 +187,13 @@ def _chunks(
             carry = b""
     if pending or oversize:
         yield emit()
+
+
+def _within(lines: list[bytes], room: int, at_least_one: bool) -> list[bytes]:
+    """The leading lines that fit in `room` bytes (newlines counted)."""
+    used = 0
+    for n, line in enumerate(lines):
+        used += len(line) + 1
+        if used > room:
+            return lines[: max(n, 1 if at_least_one else 0)]
+    return lines
