@@ -6,7 +6,9 @@ Heavy modules are imported inside commands so `--help` starts fast.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -48,6 +50,11 @@ def main(
     # is private: it holds workspace paths and usage. An existing file keeps
     # the mode its user gave it.
     os.umask(0o077)
+    # a path that is not UTF-8 (a thread dir `thr-\xff`) is printed escaped,
+    # never a UnicodeEncodeError half-way through a report or a log line
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     if ctx.invoked_subcommand is not None:
         return
     settings = settings_for(data_dir, store)

@@ -16,6 +16,7 @@ checkpoints once the store takes writes again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -102,6 +103,10 @@ class Daemon:
     is due and wake it."""
 
     def __init__(self, settings: Settings, options: DaemonOptions) -> None:
+        # Resolved once, here: the watcher reports absolute, resolved paths
+        # (FSEvents always does), which a relative or symlinked data dir
+        # would never match; every path the daemon reads is under this one.
+        settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         self.settings = settings
         self.options = options
         self.pending = Changes()

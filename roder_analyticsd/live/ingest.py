@@ -28,7 +28,7 @@ from roder_analyticsd.sources.roder import discover, read_metadata
 from roder_analyticsd.store.maintenance import FINAL_BEFORE_KEY, prune, refresh_rollups
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.transaction import transaction
-from roder_analyticsd.store.writer import write_rows
+from roder_analyticsd.store.writer import path_from_store, write_rows
 
 WRITE_BATCH_ROWS = 30_000
 BULK_FLUSH_INTERVAL = 1.0  # seconds a group of batches may wait to fill, in a bulk load
@@ -107,7 +107,9 @@ async def load_checkpoints(conn: aiosqlite.Connection) -> dict[str, Checkpoint]:
     out: dict[str, Checkpoint] = {}
     for dev, ino, path, offset, line_no, fp_len, fp_hash in rows:
         identity = FileIdentity(dev, ino)
-        out[identity.key] = Checkpoint(identity, path, offset, line_no, fp_len, fp_hash)
+        out[identity.key] = Checkpoint(
+            identity, path_from_store(path), offset, line_no, fp_len, fp_hash
+        )
     return out
 
 

@@ -20,7 +20,7 @@ from roder_analyticsd.config import Settings
 from roder_analyticsd.live.ingest import load_checkpoints
 from roder_analyticsd.live.lock import holder
 from roder_analyticsd.pipeline.batch import Checkpoint
-from roder_analyticsd.sources.files import FINGERPRINT_BYTES, fingerprint, relative
+from roder_analyticsd.sources.files import FINGERPRINT_BYTES, fingerprint, open_regular, relative
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 
@@ -30,7 +30,7 @@ READ_BLOCK = 1 << 20
 def file_lag(path: Path, checkpoints: dict[str, Checkpoint]) -> tuple[int, int] | None:
     """(bytes, lines) of complete lines not yet ingested; None if unreadable."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             st = os.fstat(fh.fileno())
             known = checkpoints.get(f"{st.st_dev}:{st.st_ino}")
             start = 0

@@ -15,6 +15,7 @@ notification costs a little work and never correctness.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,20 @@ class Changes:
 
 
 def _classify(path: Path, roots: list[Path]) -> tuple[Path, bool, bool] | None:
-    """(thread dir, read events?, read metadata?) for a changed path."""
+    """(thread dir, read events?, read metadata?) for a changed path.
+
+    A path through a symlink under a root (`threads/up -> ..`: inotify then
+    names a watched dir by whichever of its paths came last) is classified
+    by its dir's real path."""
+    hit = _classify_under(path, roots)
+    if hit is None and len(path.parts) > 1:
+        real = Path(os.path.realpath(path.parent)) / path.name
+        if real != path:
+            hit = _classify_under(real, roots)
+    return hit
+
+
+def _classify_under(path: Path, roots: list[Path]) -> tuple[Path, bool, bool] | None:
     for root in roots:
         try:
             parts = path.relative_to(root).parts
@@ -71,7 +85,7 @@ class Watcher:
         debounce_ms: int,
         poll_s: float = 1.0,
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # the form of the paths the OS reports
         self.notify = notify
         self.step_ms = step_ms
         self.debounce_ms = max(debounce_ms, step_ms)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError
 
@@ -45,6 +47,40 @@ def describe(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return exc.strerror or str(exc)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)  # fmt: skip
+
+
+def _not_regular(mode: int, path: Path) -> OSError | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    return OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a log for reading, never blocking: only regular files are read.
+
+    A FIFO, device or socket named like a log (or a symlink to /dev/zero)
+    is refused by stat before it is opened, and by fstat after, in case it
+    was swapped in between; O_NONBLOCK keeps open() from waiting for a
+    FIFO's writer. The refusal is an OSError like any unreadable file's.
+    """
+    if (problem := _not_regular(os.stat(path).st_mode, path)) is not None:
+        raise problem
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if (problem := _not_regular(os.fstat(fd).st_mode, path)) is not None:
+            raise problem
+        os.set_blocking(fd, True)  # a regular file: reads are plain reads
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(slots=True)
@@ -81,7 +117,7 @@ def read_new_lines(
     """
     rel = outcome.path
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed in finally, generator-scoped
+        handle = open_regular(path)  # closed in finally, generator-scoped
     except FileNotFoundError:
         return  # thread dir vanished (or was archived) between scan and read
     except NotADirectoryError:

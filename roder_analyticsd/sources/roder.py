@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from roder_analyticsd.pipeline.batch import Batch, Event, ParseError
-from roder_analyticsd.sources.files import FileError, describe, relative
+from roder_analyticsd.sources.files import FileError, describe, open_regular, relative
 from roder_analyticsd.timewindow import rfc3339_to_ms
 
 
@@ -268,7 +268,8 @@ def read_metadata(
     problems: list[FileError] = []
     for path in paths:
         try:
-            files.append((relative(path, data_dir), path.read_bytes()))
+            with open_regular(path) as fh:
+                files.append((relative(path, data_dir), fh.read()))
         except FileNotFoundError:
             continue  # metadata.json may be missing; the thread dir may be gone
         except NotADirectoryError:

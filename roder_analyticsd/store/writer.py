@@ -9,6 +9,7 @@ order-independent, idempotent upsert.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 
@@ -137,13 +138,28 @@ ON CONFLICT (file_key) DO UPDATE SET
 MARK_DIRTY_DAY = "INSERT OR IGNORE INTO rollup_dirty_days (day) VALUES (?)"
 
 
+def path_for_store(path: str) -> str | bytes:
+    """A checkpoint's path as stored: text, or where the name is not UTF-8
+    (a thread dir `thr-\\xff`, decoded with surrogate escapes) its raw bytes,
+    so it round-trips exactly (`path_from_store`)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def path_from_store(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tuple]:
     latest: dict[str, Checkpoint] = {}
     for cp in checkpoints:
         latest[cp.identity.key] = cp  # later chunks of a file supersede earlier ones
     return [
-        (key, cp.identity.dev, cp.identity.ino, cp.path, cp.offset, cp.line_no, cp.fp_len,
-         cp.fp_hash, now_ms)
+        (key, cp.identity.dev, cp.identity.ino, path_for_store(cp.path), cp.offset, cp.line_no,
+         cp.fp_len, cp.fp_hash, now_ms)
         for key, cp in latest.items()
     ]  # fmt: skip
 
