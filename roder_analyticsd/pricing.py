@@ -29,7 +29,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["cost_usd", "cost_usd_aggregate", "price_table_version"]
+__all__ = [
+    "cost_micro",
+    "cost_usd",
+    "cost_usd_aggregate",
+    "install_price_entries",
+    "price_entries",
+    "price_of",
+    "price_table_version",
+]
 
 # Roder provider ids that genai-prices spells differently. Anything else is
 # passed through and resolved by genai-prices' own provider matching.
@@ -114,11 +122,180 @@ def cost_usd_aggregate(
     )
 
 
+@functools.cache
 def price_table_version() -> str:
     """Version of the bundled price table, e.g. `genai-prices 0.2.3`."""
     from importlib.metadata import version
 
     return f"genai-prices {version('genai-prices')}"
+
+
+# -- price entries: what one (provider, model) costs, as plain JSON ----------
+#
+# Loading genai-prices' table takes longer than a whole query over a big
+# store, so what a store's models cost is kept, per price-table version, as
+# plain JSON that needs no genai-prices to apply (`price_entries` makes it,
+# in a process that may load the table; the store keeps it). An entry is
+# None (unknown model: unpriced), UNCACHED (a price rule this code does not
+# mirror: ask genai-prices), or a list of [constraint, tier starts,
+# coefficients per tier bracket] in genai-prices' order, each constraint
+# None, ["date", first ms] or ["tod", start us, end us] (UTC time of day).
+UNCACHED = "uncached"
+_DAY_MS = 86_400_000
+_installed: dict[tuple[str, str], Any] = {}  # entries in force in this process
+_compiled: dict[tuple[str | None, str | None], _CachedPrice | None] = {}
+
+
+def price_entries(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Entries for (provider, model) pairs, keyed "provider\x1fmodel" (loads genai-prices)."""
+    return {f"{provider}\x1f{model}": _entry(provider, model) for provider, model in pairs}
+
+
+def install_price_entries(version: str, entries: dict[str, Any]) -> None:
+    """Use these stored entries (if made from this install's price table)."""
+    if version != price_table_version():
+        return
+    for key, entry in entries.items():
+        provider, _, model = key.partition("\x1f")
+        if _installed.get((provider, model), UNCACHED) != entry:
+            _installed[(provider, model)] = entry
+            _compiled.pop((provider, model), None)
+
+
+def cost_micro(
+    provider: str | None,
+    model: str | None,
+    at_ms: int | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_prompt_tokens: int,
+    cache_creation_prompt_tokens: int,
+) -> int | None:
+    """`cost_usd` of one turn in whole micro-dollars, from the installed
+    entries when they know the model (no genai-prices), else as `cost_usd`."""
+    price = price_of(provider, model)
+    if price is None:
+        return None
+    return price.micro(
+        at_ms, prompt_tokens, completion_tokens, cached_prompt_tokens, cache_creation_prompt_tokens
+    )
+
+
+def price_of(provider: str | None, model: str | None) -> _CachedPrice | None:
+    """The price of one (provider, model), None if unknown; its `micro(at_ms,
+    prompt, completion, cached, creation)` is `cost_micro` for a token row."""
+    key = (provider, model)
+    try:
+        return _compiled[key]
+    except KeyError:
+        price = _compiled[key] = _compile(provider, model)
+        return price
+
+
+def _compile(provider: str | None, model: str | None) -> _CachedPrice | None:
+    if not provider or not model:
+        return None
+    entry = _installed.get((provider, model), UNCACHED)
+    if entry == UNCACHED:
+        entry = _entry(provider, model)  # genai-prices, loaded on first need
+    if entry is None:
+        return None
+    if entry == UNCACHED:
+        return _CachedPrice(None, provider, model)
+    return _CachedPrice(entry, provider, model)
+
+
+def _entry(provider: str, model: str) -> Any:
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+
+    pricer = _pricer_for(provider, model)
+    if pricer is None:
+        return None
+    prices = pricer.info.prices
+    rules = [(None, prices)] if pricer.static_price is not None else [
+        (cp.constraint, cp.prices) for cp in prices
+    ]  # fmt: skip
+    out = []
+    for constraint, price in rules:
+        if constraint is None:
+            rule = None
+        elif type(constraint) is StartDateConstraint:
+            start = datetime(*constraint.start_date.timetuple()[:3], tzinfo=UTC)
+            rule = ["date", int(start.timestamp()) * 1000]
+        elif type(constraint) is TimeOfDateConstraint:
+            from genai_prices.types import _utc_timetz
+
+            rule = ["tod", *(_micros_of_day(_utc_timetz(t)) for t in
+                             (constraint.start_time, constraint.end_time))]  # fmt: skip
+        else:
+            return UNCACHED
+        starts = _tier_starts(price)
+        coeffs = [
+            _linear_coeffs(price, starts[b - 1] + 1 if b else 0) for b in range(len(starts) + 1)
+        ]
+        out.append([rule, list(starts), [None if c is None else list(c) for c in coeffs]])
+    return out
+
+
+def _micros_of_day(t: Any) -> int:
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
+
+
+class _CachedPrice:
+    """Applies one entry: the rule in force at the turn's time (as
+    genai-prices' `get_prices`), its tier bracket, exact integer arithmetic."""
+
+    def __init__(self, entry: list | None, provider: str, model: str) -> None:
+        self.fallback = (provider, model) if entry is None else None
+        self.rules = [(rule, tuple(starts), coeffs) for rule, starts, coeffs in entry or []]
+        self.static = len(self.rules) == 1 and self.rules[0][0] is None
+
+    def micro(self, at_ms: int | None, prompt: int, completion: int, cached: int,
+              creation: int) -> int | None:  # fmt: skip
+        # NULL and negative garbage count as 0 (inline: this runs per token row)
+        prompt = prompt if prompt and prompt > 0 else 0
+        completion = completion if completion and completion > 0 else 0
+        cached = cached if cached and cached > 0 else 0
+        creation = creation if creation and creation > 0 else 0
+        if self.fallback is not None:
+            usd = cost_usd(*self.fallback, prompt, completion, cached, creation, at_ms=at_ms)
+            return None if usd is None else round(usd * _MICRO)
+        if self.static:
+            _, starts, by_bracket = self.rules[0]
+        else:
+            _, starts, by_bracket = self._rule_at(at_ms)
+        coeffs = by_bracket[bisect_left(starts, prompt) if starts else 0]
+        if coeffs is None:
+            return None
+        if cached > prompt:
+            cached = prompt
+        if creation > prompt - cached:
+            creation = prompt - cached
+        base, read_delta, write_delta, output, per_request, scale = coeffs
+        scaled = (
+            base * prompt + read_delta * cached + write_delta * creation + output * completion
+            + per_request
+        )  # fmt: skip
+        micro, rest = divmod(scaled, scale)
+        if 2 * rest > scale or (2 * rest == scale and micro & 1):
+            micro += 1
+        return micro
+
+    def _rule_at(self, at_ms: int | None) -> tuple:
+        if at_ms is None:
+            at_ms = int(datetime.now(UTC).timestamp() * 1000)
+        micros = at_ms % _DAY_MS * 1000
+        for rule in reversed(self.rules):  # later rules take precedence
+            kind = rule[0]
+            if kind is None:
+                return rule
+            if kind[0] == "date" and at_ms >= kind[1]:
+                return rule
+            if kind[0] == "tod":
+                start, end = kind[1], kind[2]
+                if (micros >= start or micros < end) if end < start else start <= micros < end:
+                    return rule
+        return self.rules[0]
 
 
 def _count(value: int | None) -> int:

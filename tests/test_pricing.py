@@ -252,3 +252,74 @@ def test_lookups_are_cached() -> None:
         pricing.cost_usd("openai", "gpt-5", 10, 10, 0, 0, AT_MS)
     info = pricing._pricer.cache_info()
     assert info.misses == 1 and info.hits == 2
+
+
+def _stored_entries() -> None:
+    """The entries as a store keeps them: made, through JSON, installed."""
+    import json
+
+    pairs = [(p, m) for p, _g, m in MODELS] + [("openai", "no-such-model"), ("acme", "x")]
+    entries = json.loads(json.dumps(pricing.price_entries(pairs)))
+    assert entries["acme\x1fx"] is None
+    pricing.install_price_entries(pricing.price_table_version(), entries)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    model=st.sampled_from(MODELS),
+    usage=_usage(),
+    at_ms=st.one_of(
+        st.integers(1_704_067_200_000, 1_830_297_600_000),
+        # around DeepSeek's off-peak edges (00:30 / 16:30 UTC) and midnight
+        st.integers(0, 1500).flatmap(lambda day: st.sampled_from(
+            [0, 1_799_999, 1_800_000, 1_800_001, 59_399_999, 59_400_000, 86_399_999]
+        ).map(lambda ms, day=day: 1_704_067_200_000 + day * 86_400_000 + ms)),
+    ),
+)
+def test_stored_entries_price_exactly_as_cost_usd(model, usage, at_ms) -> None:
+    """What queries use (entries kept in the store, applied without
+    genai-prices) gives the very micro-dollars cost_usd gives."""
+    _stored_entries()
+    roder_provider, _genai, name = model
+    want = pricing.cost_usd(roder_provider, name, *usage, at_ms)
+    got = pricing.cost_micro(roder_provider, name, at_ms, *usage)
+    assert got == (None if want is None else round(want * 1_000_000))
+    assert pricing.cost_micro("acme", "x", at_ms, *usage) is None
+    assert pricing.cost_micro(None, name, at_ms, *usage) is None
+
+
+def test_entries_from_another_price_table_are_not_used() -> None:
+    pricing.install_price_entries("genai-prices 0.0.0", {"openai\x1fgpt-5": None})
+    assert pricing.cost_micro("openai", "gpt-5", AT_MS, 1000, 0, 0, 0) is not None
+
+
+def test_after_once_a_cost_query_needs_no_price_table(tmp_path, data_dir) -> None:
+    """--once keeps price entries for the store's models; a cost query in a
+    fresh process then answers without importing genai-prices, and the same."""
+    import json
+
+    store = tmp_path / "usage.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    common = ["--data-dir", str(data_dir), "--store", str(store)]
+    subprocess.run(
+        [sys.executable, "-m", "roder_analyticsd", "--once", "--best-effort", *common],
+        env=env, capture_output=True, check=True,
+    )  # fmt: skip
+    code = (
+        "import sys; from roder_analyticsd.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('genai_prices' in sys.modules, file=sys.stderr)"
+    )
+    argv = [sys.executable, "-c", code, "stats", "summary", "--json", *common]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "False"
+    with_entries = json.loads(out.stdout)
+    assert with_entries["costUsd"] is not None
+    # without the entries (an older store), genai-prices prices it: the same
+    import sqlite3
+
+    with sqlite3.connect(store) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'price_entries'")
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "True"
+    assert json.loads(out.stdout) == with_entries

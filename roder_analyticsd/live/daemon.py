@@ -30,7 +30,7 @@ import click
 import structlog
 
 from roder_analyticsd.config import Settings
-from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load
+from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load, keep_prices
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
@@ -331,6 +331,7 @@ class Daemon:
             if days := await dirty_days(self.conn):
                 rows = await refresh_rollups(self.conn)
                 log.info("rollups_refreshed", days=len(days), rows=rows)
+                await keep_prices(self.conn)  # new turns may name a new model
 
         return await self._guarded(work())
 

@@ -10,7 +10,7 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +25,12 @@ from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, Par
 from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
 from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
 from roder_analyticsd.sources.roder import discover, read_metadata
-from roder_analyticsd.store.maintenance import FINAL_BEFORE_KEY, prune, refresh_rollups
+from roder_analyticsd.store.maintenance import (
+    FINAL_BEFORE_KEY,
+    keep_price_entries,
+    prune,
+    refresh_rollups,
+)
 from roder_analyticsd.store.schema import ANALYTICS_TABLES
 from roder_analyticsd.store.transaction import transaction
 from roder_analyticsd.store.writer import path_from_store, write_rows
@@ -370,6 +375,21 @@ async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report)
     report.rows_pruned += await prune(conn, settings.retention_days)
     # the days this run touched, and any left dirty by an interrupted run
     report.rollup_rows_refreshed += await refresh_rollups(conn)
+    await keep_prices(conn)
+
+
+async def keep_prices(conn: aiosqlite.Connection) -> None:
+    """Price entries for the store's models, made in a worker process so
+    that this one never loads genai-prices' table (~40 MB); queries then
+    price without it. Best effort: without them a query loads the table."""
+    from roder_analyticsd import pricing
+
+    async def compute(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        async with WorkerPool(1) as [worker]:
+            return await worker.call(pricing.price_entries, pairs)
+
+    with suppress(WorkerDied):
+        await keep_price_entries(conn, pricing.price_table_version(), compute)
 
 
 async def run_once(

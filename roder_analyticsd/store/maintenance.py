@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import calendar
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import aiosqlite
 
@@ -173,3 +175,45 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
                 (FINAL_BEFORE_KEY, str(final_before)),
             )
     return deleted
+
+
+# meta key: {"version": price table, "entries": {"provider\x1fmodel": entry}}
+PRICE_ENTRIES_KEY = "price_entries"
+
+
+async def keep_price_entries(
+    conn: aiosqlite.Connection,
+    version: str,
+    compute: Callable[[list[tuple[str, str]]], Awaitable[dict[str, Any]]],
+) -> int:
+    """Keep a price entry (pricing.py) for every (provider, model) the turns
+    name, made from price table `version`, so that queries need not load
+    the table. `compute(pairs)` makes the missing ones; it is only called
+    when some are missing. Returns how many were added."""
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (PRICE_ENTRIES_KEY,)) as cur:
+        row = await cur.fetchone()
+    entries: dict[str, Any] = {}
+    if row is not None:
+        try:
+            kept = json.loads(row[0])
+            if kept["version"] == version:
+                entries = dict(kept["entries"])
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: made again
+    sql = (
+        "SELECT DISTINCT provider, model FROM turns"
+        " WHERE provider IS NOT NULL AND model IS NOT NULL"
+    )
+    async with conn.execute(sql) as cur:
+        pairs = [(p, m) for p, m in await cur.fetchall() if f"{p}\x1f{m}" not in entries]
+    if not pairs:
+        return 0
+    entries.update(await compute(sorted(pairs)))
+    value = json.dumps({"version": version, "entries": entries}, sort_keys=True)
+    async with transaction(conn):
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (PRICE_ENTRIES_KEY, value),
+        )
+    return len(pairs)

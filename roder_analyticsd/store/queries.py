@@ -31,6 +31,7 @@ none is priced (never a made-up 0); a group with no token rows costs 0.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ from zoneinfo import ZoneInfo
 import aiosqlite
 
 from roder_analyticsd import timewindow
-from roder_analyticsd.pricing import cost_usd  # cheap: genai-prices loads on first use
+from roder_analyticsd.pricing import install_price_entries, price_of  # genai-prices: lazy
+from roder_analyticsd.store.maintenance import PRICE_ENTRIES_KEY
 
 UNKNOWN = "(unknown)"
 UTC = ZoneInfo("UTC")
@@ -259,6 +261,27 @@ async def _one(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
         return await cur.fetchone()
 
 
+async def load_price_entries(conn: aiosqlite.Connection) -> None:
+    """Install the price entries the writer keeps in `meta` (see pricing.py)."""
+    sql = "SELECT value FROM meta WHERE key = ?"
+    async with conn.execute(sql, (PRICE_ENTRIES_KEY,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return
+    kept = _price_entries_json(row[0])
+    if kept is not None:
+        install_price_entries(*kept)
+
+
+@functools.lru_cache(maxsize=4)
+def _price_entries_json(text: str) -> tuple[str, dict[str, Any]] | None:
+    try:
+        kept = json.loads(text)
+        return str(kept["version"]), dict(kept["entries"])
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: priced through genai-prices instead
+
+
 async def _chunks(conn: aiosqlite.Connection, sql: str, params: Any) -> AsyncIterator[list[Any]]:
     """Rows a chunk at a time: memory stays flat however many rows match."""
     async with conn.execute(sql, params) as cur:
@@ -309,11 +332,12 @@ class Cost:
         self.cached += cached
         self.creation += creation
         self.turns += 1
-        usd = cost_usd(provider, model, prompt, completion, cached, creation, at_ms=at_ms)
-        if usd is None:
+        price = price_of(provider, model)
+        micro = None if price is None else price.micro(at_ms, prompt, completion, cached, creation)
+        if micro is None:
             self.unpriced += 1
         else:
-            self.micro += round(usd * 1_000_000)  # cost_usd is already whole micro-dollars
+            self.micro += micro
 
     @property
     def usd(self) -> float | None:
@@ -345,6 +369,7 @@ async def _costs(
     `key_sql` selects the raw key column; `key_fn` maps it (e.g. an instant
     to its calendar day in the requested time zone).
     """
+    await load_price_entries(conn)
     src = token_source(f)
     where = src.where + (f" AND {extra_where}" if extra_where else "")
     sql = f"SELECT {key_sql}, {_TOKEN_COLUMNS} FROM {src.tables} WHERE {where}"
