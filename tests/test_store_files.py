@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import REPO, _env, dump_tables, run_cli, unavailable
 from test_daemon import Daemon, until
 
@@ -82,7 +81,7 @@ def test_two_first_runs_on_a_missing_store_both_succeed(data_dir: Path, tmp_path
     run_cli("--once", "--best-effort", "--data-dir", data_dir, "--store", reference)
     export = tmp_path / "usage.jsonl"
     run_cli("export", "--store", reference, "--output", export)
-    for attempt in range(3):
+    for attempt in range(2):
         store = tmp_path / f"new-{attempt}" / "usage.sqlite3"
         imported = tmp_path / f"imported-{attempt}" / "usage.sqlite3"
         commands = [
@@ -213,14 +212,13 @@ def test_a_refused_store_is_not_modified(data_dir: Path, tmp_path: Path) -> None
     )
 
 
-@pytest.mark.parametrize("journal", ["wal", "delete"])
-def test_reading_never_changes_the_store(data_dir: Path, tmp_path: Path, journal: str) -> None:
+def test_reading_never_changes_the_store(data_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "usage.sqlite3"
     run_cli("--once", "--best-effort", "--data-dir", data_dir, "--store", store)
-    if journal == "delete":
+    for journal in ("wal", "delete"):  # as we leave it, and as another tool might
         with contextlib.closing(sqlite3.connect(store)) as conn:
-            conn.execute("PRAGMA journal_mode = DELETE")
-    before = digest(store)
-    for args in (["stats", "summary"], ["export"], ["status", "--data-dir", data_dir]):
-        run_cli(*args, "--store", store)
-    assert digest(store) == before
+            conn.execute(f"PRAGMA journal_mode = {journal}")
+        before = digest(store)
+        for args in (["stats", "summary"], ["export"], ["status", "--data-dir", data_dir]):
+            run_cli(*args, "--store", store)
+        assert digest(store) == before, journal
