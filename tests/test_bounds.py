@@ -1,0 +1,367 @@
+"""Values no agent can have written: one such line is a parse error, never a stop.
+
+Token counts are integers in [0, 2^36 - 1]; event times are instants in UTC
+years 1970..9998. Each test here goes through the real command line (or the
+real daemon) where a bad value used to end in a traceback or a crash loop.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import dump_tables, run_cli, run_json
+from test_daemon import Daemon, caught_up, until
+
+MAX_TOKENS = 2**36 - 1  # documented in the README and roder-events contract
+MAX_TIME_MS = 253370764800000  # 9999-01-01T00:00:00Z, exclusive
+EVENTS = "threads/thr-a/events.jsonl"
+
+
+def event(kind: str, variant: str, turn: str, payload: dict, thread: str = "thr-a") -> str:
+    payload = {"thread_id": thread, "turn_id": turn, **payload}
+    return json.dumps(
+        {"event_id": f"evt-{kind}-{turn}", "seq": 1, "timestamp": payload["timestamp"],
+         "source": "Core", "kind": kind, "thread_id": thread, "turn_id": turn,
+         "event": {variant: payload}}
+    )  # fmt: skip
+
+
+def completed(turn: str, stamp: str = "2026-11-01T10:00:03Z", thread: str = "thr-a", **usage):
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, **usage}
+    body = {"timestamp": stamp, "usage": usage}
+    return event("turn.completed", "TurnCompleted", turn, body, thread)
+
+
+def started(turn: str, stamp: str = "2026-11-01T10:00:00Z", thread: str = "thr-a") -> str:
+    return event("turn.started", "TurnStarted", turn, {"timestamp": stamp}, thread)
+
+
+def write_thread(data_dir: Path, thread: str, lines: list[str]) -> Path:
+    path = data_dir / "threads" / thread / "events.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def once(data_dir: Path, store: Path, *extra: str):
+    return run_cli(
+        "--once", "--json", "--data-dir", data_dir, "--store", store, *extra, check=False
+    )
+
+
+def stats(store: Path, data_dir: Path, *args: str):
+    return run_json("stats", *args, "--data-dir", data_dir, "--store", store)
+
+
+def errors_of(proc) -> list[tuple[str, int]]:
+    return [(e["path"], e["line"]) for e in json.loads(proc.stdout)["parseErrors"]]
+
+
+# --- item 1 / 11: token counts ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**63, 2**64 + 7, 2**62, MAX_TOKENS + 1, -1, -(2**63) - 1],
+)
+def test_an_impossible_token_count_is_a_parse_error_and_the_rest_lands(tmp_path, store, value):
+    data = tmp_path / "data"
+    write_thread(
+        data, "thr-a",
+        [started("turn-1"), completed("turn-1", prompt_tokens=value), started("turn-2"),
+         completed("turn-2")],
+    )  # fmt: skip
+    write_thread(data, "thr-b", [started("t", thread="thr-b"), completed("t", thread="thr-b")])
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert errors_of(proc) == [(EVENTS, 2)]
+    assert json.loads(proc.stdout)["linesIngested"] == 5
+    summary = stats(store, data, "summary")
+    assert summary["turnCount"] == 3 and summary["totalTokens"] == 30
+    # strict: the same line stops the run with file:line, one line, no traceback
+    strict = once(data, tmp_path / "strict.sqlite3")
+    assert strict.returncode == 1 and f"{EVENTS}:2:" in strict.stderr
+    assert "Traceback" not in strict.stderr and strict.stderr.count("\n") == 1
+
+
+def test_two_turns_near_2_pow_62_never_reach_a_sum(tmp_path, store):
+    data = tmp_path / "data"
+    write_thread(
+        data, "thr-a",
+        [completed("turn-1", prompt_tokens=2**62, total_tokens=2**62),
+         completed("turn-2", prompt_tokens=2**62 + 1, total_tokens=2**62 + 1), completed("ok")],
+    )  # fmt: skip
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    assert errors_of(proc) == [(EVENTS, 1), (EVENTS, 2)]
+    assert json.loads(proc.stdout)["rollupRowsRefreshed"] > 0
+    again = once(data, store, "--best-effort")  # a later run is not stuck on them
+    assert again.returncode == 0, again.stderr
+    day = stats(store, data, "tokens", "--group", "day")
+    assert [(r["group"], r["totalTokens"]) for r in day] == [("2026-11-01", 15)]
+
+
+def test_a_store_full_of_counts_at_the_bound_sums_exactly(tmp_path, store):
+    """2000 turns in one day and one session, every count at the bound: far past
+    the 1024 rows at which 2^53-sized counts would overflow SQLite's SUM."""
+    data = tmp_path / "data"
+    n = 2000
+    at_bound = dict.fromkeys(
+        ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens",
+         "cache_creation_prompt_tokens"), MAX_TOKENS,
+    )  # fmt: skip
+    write_thread(data, "thr-a", [completed(f"turn-{i}", **at_bound) for i in range(n)])
+    proc = once(data, store)
+    assert proc.returncode == 0, proc.stderr
+    want = n * MAX_TOKENS
+    summary = stats(store, data, "summary")
+    assert summary["totalTokens"] == want
+    (day,) = stats(store, data, "tokens", "--group", "day", "--timezone", "America/New_York")
+    assert day["promptTokens"] == day["cachedPromptTokens"] == want
+    (session,) = stats(store, data, "sessions", "--sort", "tokens")
+    assert session["totalTokens"] == want
+    rollups = stats(store, data, "rollups")
+    assert {r["totalTokens"] for r in rollups} == {want}
+
+
+def test_the_bound_keeps_any_realistic_sum_inside_64_bits():
+    from roder_analyticsd import bounds
+
+    assert bounds.MAX_TOKENS == MAX_TOKENS
+    # a SUM over 2^27 rows (134 million turns), every one at the bound, still fits
+    assert bounds.MAX_TOKENS * bounds.ROWS_PER_SUM_AT_BOUND <= 2**63 - 1
+    assert bounds.ROWS_PER_SUM_AT_BOUND == 2**27
+
+
+def _export_with_usage(tmp_path: Path, **fields) -> Path:
+    record = {"kind": "token_usage", "schemaVersion": 1, "threadId": "thr-a",
+              "turnId": "turn-1", "recordedAtMs": 1_790_000_000_000, "promptTokens": 1,
+              "completionTokens": 1, "totalTokens": 2, **fields}  # fmt: skip
+    ok = {**record, "turnId": "turn-0"}
+    path = tmp_path / "usage.jsonl"
+    path.write_text(json.dumps(ok) + "\n" + json.dumps(record) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"promptTokens": 2**63}, {"totalTokens": 2**64}, {"cachedPromptTokens": -1},
+     {"completionTokens": MAX_TOKENS + 1}, {"recordedAtMs": MAX_TIME_MS},
+     {"recordedAtMs": -1}, {"recordedAtMs": 2**63}],
+)  # fmt: skip
+def test_import_of_an_impossible_value_is_a_one_line_error_for_that_record(tmp_path, fields):
+    path = _export_with_usage(tmp_path, **fields)
+    target = tmp_path / "target.sqlite3"
+    proc = run_cli("import", path, "--store", target, "--data-dir", tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}:2:" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+    with sqlite3.connect(target) as conn:  # a bad file writes nothing
+        assert conn.execute("SELECT count(*) FROM token_usage").fetchone() == (0,)
+
+
+# --- item 2: timestamps ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00Z",
+     "9999-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z", "1970-01-01T00:00:00+00:01"],
+)  # fmt: skip
+def test_a_time_outside_the_window_is_a_parse_error(tmp_path, store, stamp):
+    data = tmp_path / "data"
+    write_thread(
+        data, "thr-a",
+        [started("turn-1", stamp), completed("turn-1", stamp),
+         json.dumps({"event_id": "m", "kind": "memory.saved", "timestamp": stamp,
+                     "event": {"MemorySaved": {"timestamp": stamp, "text": "private"}}}),
+         started("turn-2"), completed("turn-2")],
+    )  # fmt: skip
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    assert errors_of(proc) == [(EVENTS, 1), (EVENTS, 2), (EVENTS, 3)]
+    assert "Traceback" not in proc.stderr
+    assert once(data, store, "--best-effort").returncode == 0  # later runs too
+    for group in ("day", "week", "month"):
+        rows = stats(store, data, "tokens", "--group", group, "--timezone", "America/New_York")
+        assert [r["totalTokens"] for r in rows] == [15]
+    assert stats(store, data, "summary")["turnCount"] == 1
+    assert len(stats(store, data, "rollups")) == 2  # 'all' and one model, one day
+
+
+@pytest.mark.parametrize(
+    "stamp", ["1970-01-01T00:00:00Z", "1969-12-31T19:00:00-05:00", "9998-12-31T23:59:59.999999999Z",
+              "9999-01-01T13:59:59+14:00"],
+)  # fmt: skip
+def test_the_edges_of_the_window_are_kept_and_bucket_in_any_zone(tmp_path, store, stamp):
+    data = tmp_path / "data"
+    write_thread(data, "thr-a", [started("turn-1", stamp), completed("turn-1", stamp)])
+    proc = once(data, store)
+    assert proc.returncode == 0, proc.stderr
+    for zone in ("America/New_York", "Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"):
+        for group in ("day", "week", "month"):
+            rows = stats(store, data, "tokens", "--group", group, "--timezone", zone)
+            assert [r["totalTokens"] for r in rows] == [15], (zone, group)
+    assert stats(store, data, "summary")["turnCount"] == 1
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [("--since", "0001-01-01T00:00:00+01:00"), ("--until", "9999-12-31T23:59:59-23:59"),
+     ("--since", "0001-01-01"), ("--until", "9999-12-31")],
+)  # fmt: skip
+def test_query_bounds_far_outside_the_window_never_raise(tmp_path, store, bound):
+    data = tmp_path / "data"
+    write_thread(data, "thr-a", [started("turn-1"), completed("turn-1")])
+    assert once(data, store).returncode == 0
+    for args in (["rollups"], ["summary"], ["tokens", "--group", "day"]):
+        zone = [] if args == ["rollups"] else ["--timezone", "Pacific/Kiritimati"]
+        proc = run_cli(
+            "stats", *args, *bound, *zone, "--json", "--data-dir", data, "--store", store,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_the_daemon_skips_impossible_values_and_keeps_tailing(tmp_path):
+    data = tmp_path / "roder"
+    store = tmp_path / "store" / "usage.sqlite3"
+    (data / "threads").mkdir(parents=True)
+    (data / "config.toml").write_text(
+        "[analytics.daemon]\nflush_interval_ms = 40\nrollup_interval_s = 0.3\n"
+    )
+    poison = [completed("p1", prompt_tokens=2**63), completed("p2", "0001-01-01T00:00:00+01:00"),
+              completed("p3", prompt_tokens=2**62), completed("p4", prompt_tokens=2**62)]  # fmt: skip
+    write_thread(data, "thr-a", [*poison, completed("ok-1")])
+    write_thread(data, "thr-b", [completed("ok-2", thread="thr-b")])
+    daemon = Daemon(data, store, tmp_path / "daemon.log")
+    try:
+        daemon.start()
+        until(lambda: caught_up(data, store), what="catch-up past poisoned lines")
+        with open(data / EVENTS, "a") as fh:  # still tailing
+            fh.write(completed("ok-3") + "\n")
+        until(lambda: caught_up(data, store), what="tailing after poisoned lines")
+        until(lambda: daemon.count("rollups_refreshed") >= 1 or _rollups(store) > 0)
+        skipped = [e for e in daemon.events() if e.get("event") == "corrupt_line_skipped"]
+        assert sorted(e["line"] for e in skipped) == [1, 2, 3, 4]
+        assert daemon.proc.poll() is None
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert stats(store, data, "summary")["totalTokens"] == 45
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+
+
+def _rollups(store: Path) -> int:
+    with sqlite3.connect(store) as conn:
+        return conn.execute("SELECT count(*) FROM daily_rollups").fetchone()[0]
+
+
+# --- item 8: a failed strict rebuild changes nothing ------------------------------
+
+
+def test_a_failed_strict_rebuild_leaves_the_store_as_it_was(data_dir, store):
+    first = once(data_dir, store, "--best-effort")
+    assert first.returncode == 0, first.stderr
+    before = dump_tables(store)
+    assert len(before["turns"]) == 133
+    proc = once(data_dir, store, "--rebuild")  # the sample holds corrupt lines
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert ":" in proc.stderr and "--best-effort" in proc.stderr
+    assert dump_tables(store) == before
+    # and a rebuild that succeeds still replays everything
+    done = once(data_dir, store, "--rebuild", "--best-effort")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["linesSkippedByOffset"] == 0
+    assert dump_tables(store) == before
+
+
+def test_a_failed_rebuild_keeps_checkpoints_so_the_next_run_reads_only_new_lines(tmp_path):
+    data = tmp_path / "data"
+    store = tmp_path / "usage.sqlite3"
+    write_thread(data, "thr-a", [started("turn-1"), completed("turn-1")])
+    assert once(data, store).returncode == 0
+    with open(data / EVENTS, "a") as fh:
+        fh.write("{not json\n" + completed("turn-2") + "\n")
+    assert once(data, store, "--rebuild").returncode == 1
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["linesSkippedByOffset"] == 2 and errors_of(proc) == [(EVENTS, 3)]
+    assert stats(store, data, "summary")["totalTokens"] == 30
+
+
+# --- item 9: a runaway line is reported like any corrupt line ----------------------
+
+
+def test_a_line_over_64_mib_is_a_parse_error_and_fatal_in_strict_mode(tmp_path):
+    data = tmp_path / "data"
+    path = write_thread(data, "thr-a", [started("turn-1")])
+    with open(path, "ab") as fh:
+        fh.write(b'{"pad":"' + b"x" * (64 << 20) + b'"}\n')
+        fh.write((completed("turn-1") + "\n").encode())
+    store = tmp_path / "usage.sqlite3"
+    strict = once(data, store)
+    assert strict.returncode == 1, strict.stderr
+    assert f"{EVENTS}:2: line longer than" in strict.stderr
+    proc = once(data, tmp_path / "other.sqlite3", "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    assert errors_of(proc) == [(EVENTS, 2)]
+    assert json.loads(proc.stdout)["linesIngested"] == 2
+
+
+# --- item 19: metadata.json is read with a bound --------------------------------------
+
+
+def test_an_oversized_metadata_file_is_a_file_error_and_the_rest_goes_on(tmp_path, store):
+    data = tmp_path / "data"
+    write_thread(data, "thr-a", [started("turn-1"), completed("turn-1")])
+    write_thread(data, "thr-b", [started("t", thread="thr-b"), completed("t", thread="thr-b")])
+    doc = {"thread_id": "thr-a", "workspace": "/w/a", "title": "x" * (2 << 20)}
+    (data / "threads" / "thr-a" / "metadata.json").write_text(json.dumps(doc))
+    small = {"thread_id": "thr-b", "workspace": "/w/b"}
+    (data / "threads" / "thr-b" / "metadata.json").write_text(json.dumps(small))
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [e["path"] for e in report["fileErrors"]] == ["threads/thr-a/metadata.json"]
+    assert "larger than" in report["fileErrors"][0]["message"]
+    assert report["linesIngested"] == 4 and report["sessionsEnriched"] == 1
+    workspaces = {s["threadId"]: s["workspace"] for s in stats(store, data, "sessions")}
+    assert workspaces == {"thr-a": None, "thr-b": "/w/b"}
+
+
+def test_the_daemon_reports_an_oversized_metadata_file_once(tmp_path):
+    data = tmp_path / "roder"
+    store = tmp_path / "store" / "usage.sqlite3"
+    (data / "threads").mkdir(parents=True)
+    (data / "config.toml").write_text(
+        "[analytics.daemon]\nflush_interval_ms = 40\nrescan_interval_s = 0.2\n"
+    )
+    write_thread(data, "thr-a", [started("turn-1")])
+    meta = data / "threads" / "thr-a" / "metadata.json"
+    meta.write_text(json.dumps({"thread_id": "thr-a", "title": "x" * (2 << 20)}))
+    daemon = Daemon(data, store, tmp_path / "daemon.log")
+    try:
+        daemon.start()
+        for n in range(2, 5):  # appends and rescans read it again and again
+            with open(data / EVENTS, "a") as fh:
+                fh.write(completed(f"turn-{n}") + "\n")
+            until(lambda: caught_up(data, store), what="tailing beside big metadata")
+            meta.touch()
+        until(lambda: daemon.count("file_unreadable") >= 1, what="metadata reported")
+        time.sleep(1)  # five more rescans
+        logged = [e for e in daemon.events() if e.get("event") == "file_unreadable"]
+        assert [e["path"] for e in logged] == ["threads/thr-a/metadata.json"]
+        assert daemon.proc.poll() is None
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
