@@ -12,6 +12,8 @@ import re
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from roder_analyticsd.bounds import clamp_time_ms
+
 __all__ = [
     "day_key",
     "month_key",
@@ -161,8 +163,15 @@ def parse_bound(text: str, tz: tzinfo, now_ms: int) -> int:
     """Epoch ms of a `--since`/`--until` value.
 
     `7d`/`24h`/`90m` count back from `now_ms`; `YYYY-MM-DD` is the first instant
-    of that day in `tz`; an RFC 3339 timestamp carries its own offset.
+    of that day in `tz`; an RFC 3339 timestamp carries its own offset. The
+    result is clamped to the time window of `bounds` (no row lies outside
+    it), so a bound such as `0001-01-01` selects the same rows and still has
+    a calendar day in every zone.
     """
+    return clamp_time_ms(_parse_bound(text, tz, now_ms))
+
+
+def _parse_bound(text: str, tz: tzinfo, now_ms: int) -> int:
     value = text.strip()
     if relative := _RELATIVE.fullmatch(value):
         return now_ms - int(relative.group(1)) * _RELATIVE_UNITS[relative.group(2)]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import dump_tables, run_cli, run_json
+from hypothesis import given
+from hypothesis import strategies as st
 from test_daemon import Daemon, caught_up, until
 
 MAX_TOKENS = 2**36 - 1  # documented in the README and roder-events contract
@@ -140,10 +142,10 @@ def test_the_bound_keeps_any_realistic_sum_inside_64_bits():
 
 
 def _export_with_usage(tmp_path: Path, **fields) -> Path:
-    record = {"kind": "token_usage", "schemaVersion": 1, "threadId": "thr-a",
-              "turnId": "turn-1", "recordedAtMs": 1_790_000_000_000, "promptTokens": 1,
-              "completionTokens": 1, "totalTokens": 2, **fields}  # fmt: skip
-    ok = {**record, "turnId": "turn-0"}
+    ok = {"kind": "token_usage", "schemaVersion": 1, "threadId": "thr-a",
+          "turnId": "turn-0", "recordedAtMs": 1_790_000_000_000, "promptTokens": 1,
+          "completionTokens": 1, "totalTokens": 2}  # fmt: skip
+    record = {**ok, "turnId": "turn-1", **fields}
     path = tmp_path / "usage.jsonl"
     path.write_text(json.dumps(ok) + "\n" + json.dumps(record) + "\n")
     return path
@@ -236,8 +238,10 @@ def test_the_daemon_skips_impossible_values_and_keeps_tailing(tmp_path):
     (data / "config.toml").write_text(
         "[analytics.daemon]\nflush_interval_ms = 40\nrollup_interval_s = 0.3\n"
     )
-    poison = [completed("p1", prompt_tokens=2**63), completed("p2", "0001-01-01T00:00:00+01:00"),
-              completed("p3", prompt_tokens=2**62), completed("p4", prompt_tokens=2**62)]  # fmt: skip
+    poison = [
+        completed("p1", prompt_tokens=2**63), completed("p2", "0001-01-01T00:00:00+01:00"),
+        completed("p3", prompt_tokens=2**62), completed("p4", prompt_tokens=2**62),
+    ]  # fmt: skip
     write_thread(data, "thr-a", [*poison, completed("ok-1")])
     write_thread(data, "thr-b", [completed("ok-2", thread="thr-b")])
     daemon = Daemon(data, store, tmp_path / "daemon.log")
@@ -334,7 +338,7 @@ def test_an_oversized_metadata_file_is_a_file_error_and_the_rest_goes_on(tmp_pat
     assert [e["path"] for e in report["fileErrors"]] == ["threads/thr-a/metadata.json"]
     assert "larger than" in report["fileErrors"][0]["message"]
     assert report["linesIngested"] == 4 and report["sessionsEnriched"] == 1
-    workspaces = {s["threadId"]: s["workspace"] for s in stats(store, data, "sessions")}
+    workspaces = {s["threadId"]: s["workspaceLabel"] for s in stats(store, data, "sessions")}
     assert workspaces == {"thr-a": None, "thr-b": "/w/b"}
 
 
@@ -365,3 +369,142 @@ def test_the_daemon_reports_an_oversized_metadata_file_once(tmp_path):
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+# --- properties of the decoder's bounds ---------------------------------------------
+
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens",
+                "cache_creation_prompt_tokens")  # fmt: skip
+any_int = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, MAX_TOKENS, MAX_TOKENS + 1, -1, 2**53, 2**62, 2**63, 2**64, -(2**63)]),
+)
+
+
+def _decode_one(raw: str):
+    from roder_analyticsd.pipeline.batch import Batch
+    from roder_analyticsd.sources.roder import decode
+
+    batch = decode(Batch(path="p", lines=[raw.encode()]))
+    assert batch.lines_ingested + len(batch.errors) == 1
+    return batch
+
+
+@given(field=st.sampled_from(TOKEN_FIELDS), value=any_int)
+def test_any_integer_count_decodes_within_the_bound_or_is_a_parse_error(field, value):
+    batch = _decode_one(completed("t", **{field: value}))
+    if 0 <= value <= MAX_TOKENS:
+        (event,) = batch.events
+        assert getattr(event.payload.usage, field) == value
+    else:
+        assert [(e.path, e.line) for e in batch.errors] == [("p", 1)]
+        assert batch.events == []
+
+
+def _reference_ms(stamp: str) -> int | None:
+    """Epoch ms of a well-formed RFC 3339 stamp by plain calendar arithmetic,
+    whatever its year; None when it is not a valid date and time."""
+    import re
+    from datetime import date
+
+    m = re.fullmatch(
+        r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|([+-])(\d\d):(\d\d))",
+        stamp,
+        re.ASCII | re.IGNORECASE,
+    )
+    if m is None:
+        return None
+    y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
+    try:
+        days = date(y, mo, d).toordinal() - date(1970, 1, 1).toordinal()
+    except ValueError:
+        return None
+    if h > 23 or mi > 59 or s > 60:
+        return None
+    offset = 0
+    if m.group(8) not in "Zz":
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 60 + om) * 60_000 * (1 if m.group(9) == "+" else -1)
+    frac = int(((m.group(7) or "") + "000")[:3])
+    if s == 60:  # a leap second is the last millisecond of its minute
+        s, frac = 59, 999
+    return days * 86_400_000 + ((h * 60 + mi) * 60 + s) * 1000 + frac - offset
+
+
+rfc3339_like = st.builds(
+    lambda y, mo, d, h, mi, s, frac, off: (
+        f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{off}"
+    ),
+    st.integers(1, 9999), st.integers(1, 12), st.integers(1, 31), st.integers(0, 23),
+    st.integers(0, 59), st.integers(0, 60),
+    st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,9}", fullmatch=True)),
+    st.one_of(st.just("Z"), st.from_regex(r"[+-]([01][0-9]|2[0-3]):[0-5][0-9]", fullmatch=True)),
+)  # fmt: skip
+
+
+@given(stamp=st.one_of(rfc3339_like, st.text(max_size=40)))
+def test_any_timestamp_decodes_inside_the_window_or_is_a_parse_error(stamp):
+    batch = _decode_one(started("t", stamp))
+    want = _reference_ms(stamp)
+    if batch.events:
+        (event,) = batch.events
+        assert 0 <= event.at_ms < MAX_TIME_MS
+        assert event.at_ms == want, stamp
+    else:
+        assert len(batch.errors) == 1
+        assert want is None or not 0 <= want < MAX_TIME_MS, stamp
+
+
+@given(
+    stamp=rfc3339_like,
+    zone=st.sampled_from(
+        ["America/New_York", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Kolkata", "UTC"]
+    ),
+)
+def test_every_decoded_time_has_a_calendar_day_in_every_zone(stamp, zone):
+    from roder_analyticsd.timewindow import day_key, month_key, parse_timezone, week_key
+
+    batch = _decode_one(started("t", stamp))
+    for event in batch.events:
+        tz = parse_timezone(zone)
+        assert len(day_key(event.at_ms, tz)) == 10
+        assert week_key(event.at_ms, tz) and month_key(event.at_ms, tz)
+
+
+@given(
+    lengths=st.lists(st.integers(0, 300), min_size=1, max_size=12),
+    block=st.integers(1, 80),
+    cut=st.integers(0, 4000),
+)
+def test_every_line_over_the_maximum_is_reported_whatever_the_read_blocks(
+    tmp_path_factory, lengths, block, cut
+):
+    """However the blocks fall and wherever a run stops, each line longer than
+    the maximum is one error at its own line number and every other line is
+    read once, in order, with its number."""
+    from roder_analyticsd.sources import files
+
+    limit = 100
+    path = tmp_path_factory.mktemp("long") / "events.jsonl"
+    lines = [bytes([65 + i % 26]) * n for i, n in enumerate(lengths)]
+    content = b"".join(line + b"\n" for line in lines)
+    path.write_bytes(content[:cut])
+    checkpoints: dict = {}
+    seen, errors = [], []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(files, "MAX_LINE_BYTES", limit)
+        mp.setattr(files, "READ_BLOCK", block)
+        for _ in range(2):  # a first run up to `cut`, then the rest
+            outcome = files.FileRead("t/events.jsonl")
+            for batch in files.read_new_lines(path, path.parent, checkpoints, outcome):
+                seen.extend(enumerate(batch.lines, batch.first_line_no))
+                errors.extend(e.line for e in batch.errors)
+                for cp in batch.checkpoints:
+                    checkpoints[cp.identity.key] = cp
+            path.write_bytes(content)
+    numbered = list(enumerate(lines, 1))
+    assert seen == [(n, line) for n, line in numbered if len(line) <= limit]
+    assert errors == [n for n, line in numbered if len(line) > limit]

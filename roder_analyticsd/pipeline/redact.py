@@ -11,6 +11,7 @@ import dataclasses
 import posixpath
 from typing import Literal
 
+from roder_analyticsd.bounds import check_time_ms
 from roder_analyticsd.pipeline.batch import Batch, SessionFacts
 from roder_analyticsd.timewindow import rfc3339_to_ms
 
@@ -39,8 +40,8 @@ def workspace_label(path: str, mode: WorkspaceLabels) -> str:
 def _ms(stamp: str | None) -> int | None:
     if stamp is None:
         return None
-    try:
-        return rfc3339_to_ms(stamp)
+    try:  # unreadable or outside the time window: not known
+        return check_time_ms(rfc3339_to_ms(stamp))
     except ValueError:
         return None
 

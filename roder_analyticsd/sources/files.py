@@ -143,9 +143,13 @@ def read_new_lines(
         fp_len, fp_hash = len(prefix), fingerprint(prefix)
         if known is not None and offset == st.st_size and known.path == rel:
             return  # nothing new
-        handle.seek(offset)
+        # A checkpoint sits just past a newline, except inside a runaway line
+        # an earlier read stopped in (already reported): skip its rest.
+        handle.seek(max(offset - 1, 0))
+        inside_runaway = offset > 0 and handle.read(1) != b"\n"
         yield from _chunks(
-            handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines, max_bytes, outcome
+            handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines, max_bytes,
+            outcome, inside_runaway,
         )
         # a renamed (archived) file with nothing new still records its new path
         if known is not None and known.path != rel and offset == st.st_size:
@@ -162,15 +166,16 @@ def read_new_lines(
 def _chunks(
     handle, rel: str, identity: FileIdentity, offset: int, line_no: int,
     fp_len: int, fp_hash: str, chunk_lines: int, max_bytes: int | None, outcome: FileRead,
+    skipping: bool,
 ) -> Iterator[Batch]:  # fmt: skip
-    """Cut the file into Batches of complete lines; bytes.split does the work."""
+    """Cut the file into Batches of complete lines; bytes.split does the work.
+    `skipping`: inside a line longer than MAX_LINE_BYTES (dropped to its newline)."""
     chunk_bytes = CHUNK_BYTES if max_bytes is None else max(1, min(CHUNK_BYTES, max_bytes))
     budget = max_bytes
     carry = b""
     pending: list[bytes] = []
     pending_bytes = 0
     oversize: list[ParseError] = []
-    skipping = False  # inside a line longer than MAX_LINE_BYTES
 
     def emit() -> Batch:
         nonlocal offset, line_no, pending, pending_bytes, oversize
@@ -183,13 +188,25 @@ def _chunks(
         pending, pending_bytes, oversize = [], 0, []
         return batch
 
+    def too_long() -> ParseError:
+        return ParseError(rel, line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes")
+
     while block := handle.read(READ_BLOCK):
+        joined = bool(carry)
         parts = (carry + block if carry else block).split(b"\n")
         carry = parts.pop()  # no newline yet: unfinished, or the head of a long line
         if skipping and parts:
             offset += len(parts.pop(0)) + 1  # the rest of the runaway line
             line_no += 1
             skipping = False
+        elif joined and parts and len(parts[0]) > MAX_LINE_BYTES:
+            # only a line carried over from earlier blocks can be this long:
+            # it ended in this block, but is as runaway as one that hasn't
+            if pending:
+                yield emit()
+            oversize.append(too_long())
+            offset += len(parts.pop(0)) + 1
+            line_no += 1
         start = 0
         while start < len(parts):
             take = parts[start : start + chunk_lines - len(pending)]
@@ -215,9 +232,7 @@ def _chunks(
             # a runaway line: report it, then drop bytes until its newline
             if pending:
                 yield emit()
-            oversize.append(
-                ParseError(rel, line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes")
-            )
+            oversize.append(too_long())
             skipping = True
             offset += len(carry)
             carry = b""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from roder_analyticsd.bounds import MAX_TIME_MS, MIN_TIME_MS, TokenCount, check_time_ms
 from roder_analyticsd.pipeline.batch import Batch, Event, ParseError
 from roder_analyticsd.sources.files import FileError, describe, open_regular, relative
 from roder_analyticsd.timewindow import rfc3339_to_ms
@@ -30,11 +31,13 @@ class ModelRef(_Base):
 
 
 class TokenUsage(_Base):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    cache_creation_prompt_tokens: int = 0
+    """Counts outside [0, MAX_TOKENS] fail the line's decode (see bounds)."""
+
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
+    total_tokens: TokenCount = 0
+    cached_prompt_tokens: TokenCount = 0
+    cache_creation_prompt_tokens: TokenCount = 0
 
 
 class ThreadEvent(_Base):
@@ -261,6 +264,16 @@ def discover(data_dir: Path) -> tuple[list[Path], list[Path]]:
     return events, metadata
 
 
+MAX_METADATA_BYTES = 1 << 20  # a real metadata.json is a few hundred bytes
+
+
+def _read_bounded(path: Path) -> bytes | None:
+    """The file's bytes; None when it is over MAX_METADATA_BYTES (never read whole)."""
+    with open_regular(path) as fh:
+        raw = fh.read(MAX_METADATA_BYTES + 1)
+    return raw if len(raw) <= MAX_METADATA_BYTES else None
+
+
 def read_metadata(
     paths: list[Path], data_dir: Path
 ) -> tuple[list[tuple[str, bytes]], list[FileError]]:
@@ -268,8 +281,12 @@ def read_metadata(
     problems: list[FileError] = []
     for path in paths:
         try:
-            with open_regular(path) as fh:
-                files.append((relative(path, data_dir), fh.read()))
+            raw = _read_bounded(path)
+            if raw is None:
+                message = f"larger than {MAX_METADATA_BYTES} bytes: not a thread's metadata"
+                problems.append(FileError(relative(path, data_dir), message))
+            else:
+                files.append((relative(path, data_dir), raw))
         except FileNotFoundError:
             continue  # metadata.json may be missing; the thread dir may be gone
         except NotADirectoryError:
@@ -327,8 +344,10 @@ def _event(env: Envelope, line: bytes) -> Event:
     variant = _VARIANT_OF_KIND.get(env.kind)
     payload = getattr(env.event, variant) if variant is not None else None
     if payload is not None:
-        return Event(env.kind, payload, rfc3339_to_ms(payload.timestamp), env.event_id,
-                     env.thread_id)  # fmt: skip
+        at = rfc3339_to_ms(payload.timestamp)
+        if not MIN_TIME_MS <= at < MAX_TIME_MS:  # check_time_ms, inlined
+            check_time_ms(at)
+        return Event(env.kind, payload, at, env.event_id, env.thread_id)
     if not env.kind.startswith("memory."):
         # counted by kind, projected nowhere: its time is not needed
         return Event(env.kind, None, 0, env.event_id, env.thread_id)
@@ -337,7 +356,8 @@ def _event(env: Envelope, line: bytes) -> Event:
     except msgspec.DecodeError as exc:
         raise ValueError(_short(exc)) from None
     stamp = next(iter(bodies.values())).timestamp if bodies else env.timestamp
-    return Event(env.kind, None, rfc3339_to_ms(stamp), env.event_id, env.thread_id)
+    return Event(env.kind, None, check_time_ms(rfc3339_to_ms(stamp)), env.event_id,
+                 env.thread_id)  # fmt: skip
 
 
 def decode_line(line: bytes) -> Event | None:
@@ -354,7 +374,8 @@ def decode_line(line: bytes) -> Event | None:
 def decode(batch: Batch) -> Batch:
     # decode_line's work, inlined: this loop runs once per input line
     events: list[Event] = []
-    errors: list[ParseError] = []
+    # the source's own (a runaway line) come first: they precede the lines
+    errors: list[ParseError] = list(batch.errors)
     unknown: Counter[str] = Counter()
     ingested = 0
     decode_envelope = _envelope.decode

@@ -11,7 +11,8 @@ live store exactly as re-ingesting the events would. `tool_call.status` and
 Export streams each table in primary-key order in fixed-size chunks (flat
 memory whatever the store's size) and is deterministic, so export → import
 into an empty store → export gives the same bytes. Import validates the
-whole file first (nothing is written from a bad file), then writes through
+whole file first (nothing is written from a bad file; a count or a time
+outside `bounds` is a bad record like any other), then writes through
 `store.writer.write_rows`: the same idempotent upserts as ingestion, so
 importing a file twice changes no row.
 """
@@ -26,6 +27,7 @@ from typing import Literal
 import aiosqlite
 import msgspec
 
+from roder_analyticsd.bounds import TimeMs, TokenCount
 from roder_analyticsd.pipeline.batch import Rows
 
 SCHEMA_VERSION = 1
@@ -40,13 +42,13 @@ class SessionRecord(_Record, tag="session"):
     thread_id: str
     workspace_key: str | None = None
     workspace_label: str | None = None
-    workspace_at_ms: int | None = None
+    workspace_at_ms: TimeMs | None = None
     provider: str | None = None
-    provider_at_ms: int | None = None
+    provider_at_ms: TimeMs | None = None
     model: str | None = None
-    model_at_ms: int | None = None
-    created_at_ms: int | None = None
-    updated_at_ms: int | None = None
+    model_at_ms: TimeMs | None = None
+    created_at_ms: TimeMs | None = None
+    updated_at_ms: TimeMs | None = None
 
 
 class TurnRecord(_Record, tag="turn"):
@@ -56,10 +58,10 @@ class TurnRecord(_Record, tag="turn"):
     error_kind: str | None = None
     provider: str | None = None
     model: str | None = None
-    model_at_ms: int | None = None
+    model_at_ms: TimeMs | None = None
     runtime_profile: str | None = None
-    started_at_ms: int | None = None
-    completed_at_ms: int | None = None
+    started_at_ms: TimeMs | None = None
+    completed_at_ms: TimeMs | None = None
 
 
 class ToolCallRecord(_Record, tag="tool_call"):
@@ -67,8 +69,8 @@ class ToolCallRecord(_Record, tag="tool_call"):
     turn_id: str
     tool_id: str
     tool_name: str | None = None
-    started_at_ms: int | None = None
-    completed_at_ms: int | None = None
+    started_at_ms: TimeMs | None = None
+    completed_at_ms: TimeMs | None = None
     is_error: bool = False
     status: str | None = None  # derived
     duration_ms: int | None = None  # derived
@@ -77,12 +79,12 @@ class ToolCallRecord(_Record, tag="tool_call"):
 class TokenUsageRecord(_Record, tag="token_usage"):
     thread_id: str
     turn_id: str
-    recorded_at_ms: int
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cached_prompt_tokens: int = 0
-    cache_creation_prompt_tokens: int = 0
+    recorded_at_ms: TimeMs
+    prompt_tokens: TokenCount
+    completion_tokens: TokenCount
+    total_tokens: TokenCount
+    cached_prompt_tokens: TokenCount = 0
+    cache_creation_prompt_tokens: TokenCount = 0
 
 
 Record = SessionRecord | TurnRecord | ToolCallRecord | TokenUsageRecord
