@@ -90,9 +90,12 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
                     conn, settings, rebuild=rebuild, strict=strict, progress=bar.update
                 )
         except StrictModeError as exc:
-            raise Failure(f"{exc} (use --best-effort to skip bad lines)") from None
+            unchanged = "; the store is unchanged" if rebuild else ""
+            raise Failure(f"{exc} (use --best-effort to skip bad lines{unchanged})") from None
         except WorkerError as exc:
-            raise Failure(str(exc)) from None
+            # a rebuild is rolled back whole: nothing of it was kept
+            lost = "a worker process stopped unexpectedly; the store is unchanged"
+            raise Failure(lost if rebuild else str(exc)) from None
     finally:
         await conn.close()
     if as_json:

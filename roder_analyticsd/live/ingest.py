@@ -400,13 +400,20 @@ async def run_once(
     strict: bool,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
+    """`--once`: ingest what is new, apply retention, refresh rollups.
+
+    A rebuild is one transaction (the writer's become savepoints in it): it
+    commits whole, or a corrupt line in strict mode, an error or a kill
+    leaves the previous tables as they were, and readers see those until
+    the commit. Its price: the WAL holds the whole rebuild until then.
+    """
     report = Report()
-    if rebuild:
-        await clear_analytics(conn)
     events, metadata = discover(settings.data_dir)
     ingestor = Ingestor(conn, settings, strict=strict)
-    await ingestor.start()
-    async with bulk_load(ingestor):
+    async with bulk_load(ingestor), _all_or_nothing(conn, rebuild):
+        if rebuild:
+            await clear_analytics(conn)
+        await ingestor.start()  # the checkpoints: none left after a clear
         await ingestor.ingest(events, metadata, report, progress)
         await finish(conn, settings, report)
     return report
@@ -427,6 +434,25 @@ async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
         ingestor.flush_interval, ingestor.worker_min_bytes, ingestor.file_budget = saved
         with anyio.CancelScope(shield=True):
             await end_bulk(ingestor.conn)
+
+
+@asynccontextmanager
+async def _all_or_nothing(conn: aiosqlite.Connection, enabled: bool) -> AsyncIterator[None]:
+    """One transaction around the body when `enabled`. Unlike `transaction`,
+    the body is not shielded: a long rebuild stays interruptible, and an
+    interrupted one rolls back."""
+    if not enabled:
+        yield
+        return
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await conn.rollback()
+        raise
+    with anyio.CancelScope(shield=True):
+        await conn.commit()
 
 
 async def end_bulk(conn: aiosqlite.Connection) -> None:

@@ -297,7 +297,8 @@ def read_metadata(
 
 
 # --- decode stage: bytes → typed events. Pure: a Batch of raw lines in, events out.
-# A line that is not a valid envelope becomes a ParseError naming file:line;
+# A line that is not a valid envelope becomes a ParseError naming file:line,
+# and so does one whose token counts or projected time lie outside `bounds`;
 # a valid envelope of a variant we don't project is only counted by kind.
 
 _envelope = msgspec.json.Decoder(Envelope)
