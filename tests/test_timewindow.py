@@ -252,8 +252,8 @@ ZONES = [
 ]
 
 
-@FAST
-@given(st.dates(date(1900, 1, 2), date(2100, 12, 30)), st.sampled_from(ZONES))
+@FAST  # (bounds before 1970 are clamped to the time window: see test_bounds)
+@given(st.dates(date(1970, 1, 3), date(2100, 12, 30)), st.sampled_from(ZONES))
 @example(date(2026, 3, 8), "America/Havana")
 @example(date(2026, 3, 8), "America/New_York")
 @example(date(2026, 11, 1), "America/New_York")
