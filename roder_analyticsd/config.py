@@ -56,6 +56,12 @@ class CollectConfig(Struct, frozen=True):
     token: Token | None = None
 
 
+class DashboardConfig(Struct, frozen=True):
+    """`[analytics.dashboard]`: the web page (`dashboard`); off loopback only with a token."""
+
+    token: Token | None = None
+
+
 class ForwardConfig(Struct, frozen=True):
     """`[analytics.forward]`: the daemon's forwarder (off without an endpoint)."""
 
@@ -93,6 +99,7 @@ class AnalyticsConfig(Struct, frozen=True):
     ] = 0
     store: StorePath | None = None
     collect: CollectConfig = msgspec.field(default_factory=CollectConfig)
+    dashboard: DashboardConfig = msgspec.field(default_factory=DashboardConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
     # checked by live.options when the daemon starts
     daemon: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -110,6 +117,7 @@ class Settings:
     workspace_labels: WorkspaceLabels = "full_path"
     retention_days: int = 0
     collect_token: str | None = None
+    dashboard_token: str | None = None
     forward_endpoint: str | None = None
     forward_token: str | None = None
     forward_batch_size: int = 20
@@ -206,6 +214,7 @@ def load_settings(data_dir: Path | None = None, store: Path | None = None) -> Se
         workspace_labels=analytics.workspace_labels,
         retention_days=analytics.retention_days,
         collect_token=analytics.collect.token,
+        dashboard_token=analytics.dashboard.token,
         forward_endpoint=analytics.forward.endpoint,
         forward_token=analytics.forward.token,
         forward_batch_size=analytics.forward.batch_size,

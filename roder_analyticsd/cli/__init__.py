@@ -112,7 +112,7 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
 
 
 def _register() -> None:
-    from roder_analyticsd.cli import data, fleet, serve, service, stats
+    from roder_analyticsd.cli import dashboard, data, fleet, serve, service, stats
 
     stats.stats.add_command(fleet.activity)
     stats.stats.add_command(fleet.fleet)
@@ -120,6 +120,7 @@ def _register() -> None:
     main.add_command(data.export_cmd)
     main.add_command(data.import_cmd)
     main.add_command(serve.serve)
+    main.add_command(dashboard.dashboard)
     main.add_command(service.status)
     main.add_command(service.install_service)
     main.add_command(service.uninstall_service)

@@ -14,31 +14,15 @@ from typing import Any
 
 import click
 
-from roder_analyticsd.cli.common import UsageProblem, emit_json
-from roder_analyticsd.cli.stats import query_options, query_store
+from roder_analyticsd.cli.common import emit_json
+from roder_analyticsd.cli.stats import prepare, query_options, query_store
+from roder_analyticsd.queryspec import ACTIVITY_BY
+from roder_analyticsd.queryspec import FLEET_SOURCES as SOURCES
 from roder_analyticsd.fleet import vocabulary
 
-# kept in step with store/queries.activity_counts and fleet/local.py (not
-# imported: `--help` stays light)
-ACTIVITY_BY = (
-    "module",
-    "owner-module",
-    "execution-kind",
-    "loop-stage",
-    "outcome",
-    "phase",
-    "error-category",
-)
-SOURCES = ("local", "collected", "all")
 USER_SESSIONS_HELP = (
     "Ordinary user chat only: module=session, ownerModule=session, executionKind=user_session."
 )
-
-
-def _reject(opts: dict[str, Any], names: tuple[str, ...], what: str) -> None:
-    for name in names:
-        if opts[name] is not None:
-            raise UsageProblem(f"--{name} does not apply to {what}")
 
 
 @click.command()
@@ -62,14 +46,8 @@ def activity(by: str, loop_stage: str | None, user_sessions: bool, **opts: Any) 
     are resolved as of now. --thread and --workspace keep that thread's or
     workspace's events; --since/--until apply to each event's instant.
     """
-    from roder_analyticsd.cli.stats import filters_from
-    from roder_analyticsd.store import queries
-
-    # only model_request events carry a provider/model: such a filter would
-    # silently drop every other stage
-    _reject(opts, ("tool", "provider", "model"), "stats activity")
-    f = filters_from(opts)
-    rows = query_store(opts, queries.activity_counts, by, loop_stage, user_sessions, f)
+    q = prepare(opts, "activity", by=by, loop_stage=loop_stage, user_sessions=user_sessions)
+    rows = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(rows)
         return
@@ -87,7 +65,7 @@ def activity(by: str, loop_stage: str | None, user_sessions: bool, **opts: Any) 
             percent(errors / events if events else None),
         ),
     ]
-    table(columns, rows, empty="no activity matches", note=_limit_note(rows, f.limit))
+    table(columns, rows, empty="no activity matches", note=_limit_note(rows, q.filters.limit))
 
 
 def _limit_note(rows: list[Any], limit: int) -> str | None:
@@ -107,33 +85,13 @@ def fleet() -> None:
 
 def _fleet_command(metric: str, doc: str, *, user_sessions: bool = False):
     def command(source: str, **opts: Any) -> None:
-        from roder_analyticsd.cli.stats import filters_from
-        from roder_analyticsd.fleet import local
-
-        _reject(
-            opts,
-            ("thread", "tool", "provider", "model", "workspace"),
-            "fleet metrics (analytics.v2 events carry no thread, tool or workspace)",
-        )
-        f = filters_from(opts)
         only_users = bool(opts.pop("user_sessions", False))
-        rows = query_store(
-            opts,
-            lambda conn: local.fleet(
-                conn,
-                metric,
-                source=source,  # type: ignore[arg-type]
-                since_ms=f.since_ms,
-                until_ms=f.until_ms,
-                tz=f.tz,
-                user_sessions=only_users,
-                limit=f.limit,
-            ),
-        )
+        q = prepare(opts, "fleet", metric, source=source, user_sessions=only_users)
+        rows = query_store(opts, q.run)
         if opts["as_json"]:
             emit_json(rows)
             return
-        _render(metric, rows, f.limit)
+        _render(metric, rows, q.filters.limit)
 
     command.__doc__ = doc
     command = click.option(

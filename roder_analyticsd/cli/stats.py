@@ -1,14 +1,14 @@
 """`roder-analyticsd stats …`: read-only questions over the store.
 
-Every query command takes the same filters (`query_options`) and turns them
-into a `queries.Filters` with `filters_from` before the store is opened, so
-bad usage exits 2 even when there is no store yet. `stats activity` and
-`stats fleet …` are added to this group by their own modules.
+Every query command takes the same filters (`query_options`) and validates
+them, with its own options, through `queryspec` (shared with the dashboard's
+API) before the store is opened, so bad usage exits 2 even when there is no
+store yet. `stats activity` and `stats fleet …` are added to this group by
+their own modules.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,17 +22,17 @@ from roder_analyticsd.cli.common import (
     run_async,
     settings_for,
 )
+from roder_analyticsd.queryspec import (  # click-free and import-light
+    GROUPS,
+    LIMIT_CAP,
+    LIMIT_DEFAULT,
+    ORDERS,
+    ROLLUP_SCOPES,
+    SESSION_SORTS,
+    TOOL_SORTS,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-LIMIT_DEFAULT = 50
-LIMIT_CAP = 1000
-# kept in step with store/queries.py (not imported: `--help` stays light)
-GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
-ORDERS = ("asc", "desc")
-TOOL_SORTS = ("calls", "p95", "errors", "underused")
-SESSION_SORTS = ("recent", "tokens", "cost", "calls")
-ROLLUP_SCOPES = ("all", "tool", "model")
 
 COST_HELP = (
     "costUsd is an estimate from the genai-prices table bundled with this install "
@@ -88,42 +88,44 @@ def query_options(func: F) -> F:
     return data_options(func)
 
 
-def filters_from(opts: dict[str, Any], *, now_ms: int | None = None):
-    """Validate the query options into Filters; bad usage raises exit 2."""
-    from roder_analyticsd.store.queries import Filters
-    from roder_analyticsd.timewindow import parse_bound, parse_timezone
+def filter_options(opts: dict[str, Any]):
+    """The query filters as typed (queryspec.FilterOptions), from click's values."""
+    from roder_analyticsd.queryspec import FilterOptions
 
-    limit = opts["limit"]
-    if limit < 1 or limit > LIMIT_CAP:
-        raise UsageProblem(f"--limit must be between 1 and {LIMIT_CAP} (got {limit})")
-    try:
-        tz = parse_timezone(opts["tz_name"])
-    except ValueError as exc:
-        raise UsageProblem(f"--timezone: {exc}") from None
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    bounds: dict[str, int | None] = {}
-    for name in ("since", "until"):
-        text = opts[name]
-        if text is None:
-            bounds[name] = None
-            continue
-        try:
-            bounds[name] = parse_bound(text, tz, now_ms)
-        except ValueError as exc:
-            raise UsageProblem(f"--{name}: {exc}") from None
-    since, until = bounds["since"], bounds["until"]
-    if since is not None and until is not None and since >= until:
-        raise UsageProblem("--since must be earlier than --until")
-    return Filters(
-        since_ms=since,
-        until_ms=until,
+    return FilterOptions(
+        since=opts["since"],
+        until=opts["until"],
         thread=opts["thread"],
         tool=opts["tool"],
         provider=opts["provider"],
         model=opts["model"],
         workspace=opts["workspace"],
-        limit=limit,
-        tz=tz,
+        limit=opts["limit"],
+        timezone=opts["tz_name"],
+    )
+
+
+def usage_checked(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a queryspec function; its UsageError is exit 2 with one line."""
+    from roder_analyticsd.queryspec import UsageError
+
+    try:
+        return func(*args, **kwargs)
+    except UsageError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def filters_from(opts: dict[str, Any], *, now_ms: int | None = None):
+    """Validate the query options into Filters; bad usage raises exit 2."""
+    return usage_checked(filter_options(opts).filters, now_ms=now_ms)
+
+
+def prepare(opts: dict[str, Any], name: str, *args: Any, **kwargs: Any):
+    """queryspec.prepare_<name>(the filters, …): validated, or exit 2."""
+    from roder_analyticsd import queryspec
+
+    return usage_checked(
+        getattr(queryspec, f"prepare_{name}"), filter_options(opts), *args, **kwargs
     )
 
 
@@ -166,10 +168,8 @@ def summary(**opts: Any) -> None:
     unpricedTurnCount counts the others (costUsd is null only when no turn
     is priced).
     """
-    from roder_analyticsd.store import queries
-
-    f = filters_from(opts)
-    result = query_store(opts, queries.summary, f)
+    q = prepare(opts, "summary")
+    result = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(result)
         return
@@ -202,16 +202,14 @@ def tools(sort: str, min_calls: int, **opts: Any) -> None:
     (both halves seen); avgDurationMs is their mean rounded to 3 decimals;
     errorRate = errorCount / callCount rounded to 6 decimals.
     """
-    from roder_analyticsd.store import queries
-
-    f = filters_from(opts)
-    rows = query_store(opts, queries.tool_stats, f, sort, min_calls)
+    q = prepare(opts, "tools", sort=sort, min_calls=min_calls)
+    rows = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(rows)
         return
     from roder_analyticsd import render
 
-    render.tools(rows, f.limit)
+    render.tools(rows, q.filters.limit)
 
 
 @stats.command()
@@ -236,16 +234,14 @@ def tools(sort: str, min_calls: int, **opts: Any) -> None:
     "first), then group. --limit keeps the first rows of that order. " + COST_HELP
 )
 def tokens(group: str, order: str | None, **opts: Any) -> None:
-    from roder_analyticsd.store import queries
-
-    f = filters_from(opts)
-    rows = query_store(opts, queries.token_groups, f, group, order)
+    q = prepare(opts, "tokens", group=group, order=order)
+    rows = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(rows)
         return
     from roder_analyticsd import render
 
-    render.tokens(rows, group, f.limit)
+    render.tokens(rows, group, q.filters.limit)
 
 
 @stats.command()
@@ -263,16 +259,14 @@ def tokens(group: str, order: str | None, **opts: Any) -> None:
     "costs 0. " + COST_HELP
 )
 def sessions(sort: str, **opts: Any) -> None:
-    from roder_analyticsd.store import queries
-
-    f = filters_from(opts)
-    rows = query_store(opts, queries.sessions, f, sort)
+    q = prepare(opts, "sessions", sort=sort)
+    rows = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(rows)
         return
     from roder_analyticsd import render
 
-    render.sessions(rows, f.tz, f.limit)
+    render.sessions(rows, q.filters.tz, q.filters.limit)
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -293,10 +287,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
 )
 def unused(registered: list[str], **opts: Any) -> None:
     """Registered tools never called in the window, in the order given."""
-    from roder_analyticsd.store import queries
-
-    f = filters_from(opts)
-    names = query_store(opts, queries.unused_tools, f, registered)
+    q = prepare(opts, "unused", registered=",".join(registered))
+    names = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(names)
         return
@@ -319,25 +311,11 @@ def rollups(scope: str | None, **opts: Any) -> None:
     rows, --provider/--model the matching model rows. Rollups have no thread
     or workspace, and their days are UTC.
     """
-    from roder_analyticsd.store import queries
-
-    for name in ("thread", "workspace"):
-        if opts[name] is not None:
-            raise UsageProblem(f"--{name} does not apply to rollups (they are per day)")
-    f = filters_from(opts)
-    if not _is_utc(f.tz):
-        raise UsageProblem(
-            "rollups are UTC days; use `stats tokens --group day --timezone …` for local days"
-        )
-    rows = query_store(opts, queries.rollups, f, scope)
+    q = prepare(opts, "rollups", scope=scope)
+    rows = query_store(opts, q.run)
     if opts["as_json"]:
         emit_json(rows)
         return
     from roder_analyticsd import render
 
-    render.rollups(rows, f.limit)
-
-
-def _is_utc(tz: Any) -> bool:
-    key = str(getattr(tz, "key", tz)).upper().removeprefix("ETC/")
-    return key in ("UTC", "UCT", "UNIVERSAL", "ZULU", "GMT", "GMT0", "GMT+0", "GMT-0", "Z")
+    render.rollups(rows, q.filters.limit)

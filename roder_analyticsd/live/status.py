@@ -53,6 +53,15 @@ def file_lag(path: Path, checkpoints: dict[str, Checkpoint]) -> tuple[int, int] 
         return None
 
 
+def _store_bytes(store: Path) -> int | None:
+    """The store's size on disk with its WAL; None when there is no store."""
+    total = None
+    for path in (store, store.with_name(store.name + "-wal")):
+        if path.exists():
+            total = (total or 0) + path.stat().st_size
+    return total
+
+
 async def _meta(conn: aiosqlite.Connection, key: str) -> str | None:
     async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
         row = await cur.fetchone()
@@ -68,6 +77,7 @@ async def gather_status(settings: Settings) -> dict[str, Any]:
         "store": str(settings.store),
         "dataDir": str(settings.data_dir),
         "storeExists": settings.store.exists(),
+        "storeBytes": _store_bytes(settings.store),
         "schemaVersion": None,
         "filesTracked": 0,
         "lagBytes": 0,

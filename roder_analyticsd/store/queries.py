@@ -35,7 +35,7 @@ import functools
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -859,3 +859,166 @@ async def activity_counts(
         params,
     )
     return [{"key": k, "events": n, "errorEvents": e} for k, n, e in rows]
+
+
+# --- the dashboard's own questions (queryspec.prepare_token_stack/hours/session) ---
+
+
+def _cost_fields(acc: Cost) -> dict[str, Any]:
+    return {
+        "promptTokens": acc.prompt,
+        "completionTokens": acc.completion,
+        "totalTokens": acc.total,
+        "cachedPromptTokens": acc.cached,
+        "cacheCreationPromptTokens": acc.creation,
+        "turnCount": acc.turns,
+        "costUsd": acc.usd,
+        "unpricedTurnCount": acc.unpriced,
+    }
+
+
+async def token_stack(
+    conn: aiosqlite.Connection, f: Filters, group: str = "day", by: str = "model"
+) -> list[dict[str, Any]]:
+    """Token sums and cost per time bucket (day/week/month in `f.tz`) and
+    model (or provider): the stacked chart. Rows in time order, then
+    totalTokens desc, then key; the first `f.limit` buckets. Per bucket the
+    rows add up to `token_groups(f, group)`'s row, per key to `by`'s."""
+    if group not in ("day", "week", "month") or by not in ("model", "provider"):
+        raise ValueError(f"unknown stack {group!r} by {by!r}")
+    _, bucket = _group_key(group, f.tz)
+    assert bucket is not None
+    src = token_source(f)
+    sql = (
+        f"SELECT u.recorded_at_ms, coalesce(t.{by}, '{UNKNOWN}'), {_TOKEN_COLUMNS}"
+        f" FROM {src.tables} WHERE {src.where}"
+    )
+    groups: dict[tuple[str, str], Cost] = {}
+    async for rows in _chunks(conn, sql, f.params()):
+        for at_ms, key, *row in rows:
+            acc = groups.get(k := (bucket(at_ms), key))
+            if acc is None:
+                acc = groups[k] = Cost()
+            acc.add(*row)
+    buckets = sorted({b for b, _ in groups})[: f.limit]
+    kept = set(buckets)
+    ordered = sorted(
+        ((b, key, acc) for (b, key), acc in groups.items() if b in kept),
+        key=lambda r: (r[0], -r[2].total, r[1]),
+    )
+    return [{"group": b, "key": key, **_cost_fields(acc)} for b, key, acc in ordered]
+
+
+_QUARTER_MS = 900_000  # every UTC offset in use is a whole number of quarter hours
+_MS = timedelta(milliseconds=1)
+
+
+@functools.lru_cache(maxsize=65536)
+def _quarter_offset_ms(tz: tzinfo, quarter: int) -> int | None:
+    """The zone's offset over this whole UTC quarter hour, if it is constant
+    and a whole number of quarters (so the quarter is in one local hour)."""
+    first = datetime.fromtimestamp(quarter * 900, tz).utcoffset()
+    last = datetime.fromtimestamp(quarter * 900 + 899, tz).utcoffset()
+    if first is None or first != last:
+        return None
+    offset = first // _MS
+    return offset if offset % _QUARTER_MS == 0 else None
+
+
+def _weekday_hour(local_ms: int) -> tuple[int, int]:
+    """(ISO weekday 1–7, hour 0–23) of a local wall-clock instant."""
+    days, rest = divmod(local_ms, 86_400_000)
+    return (days + 3) % 7 + 1, rest // 3_600_000  # 1970-01-01 was a Thursday
+
+
+async def weekday_hours(conn: aiosqlite.Connection, f: Filters) -> list[dict[str, Any]]:
+    """Turns (by their instant) and tool calls (by theirs) per local weekday
+    (ISO, Monday = 1) and hour in `f.tz`; only cells with activity, in
+    weekday, hour order.
+
+    SQL counts per UTC quarter hour; a quarter maps to one local cell when
+    the zone's offset over it is constant and a whole number of quarters
+    (always, in practice); any other quarter is counted row by row.
+    """
+    cells: dict[tuple[int, int], list[int]] = {}
+    sources = ((TURN_AT, turn_source(f)), (CALL_AT, tool_source(f)))
+    for index, (at, src) in enumerate(sources):
+        sql = (
+            f"SELECT {at} / {_QUARTER_MS} AS q, count(*) FROM {src.tables}"
+            f" WHERE {src.where} AND {at} IS NOT NULL GROUP BY q"
+        )
+        odd: list[int] = []
+        for quarter, n in await _all(conn, sql, f.params()):
+            offset = _quarter_offset_ms(f.tz, quarter)
+            if offset is None:
+                odd.append(quarter)
+                continue
+            cells.setdefault(_weekday_hour(quarter * _QUARTER_MS + offset), [0, 0])[index] += n
+        for quarter in odd:
+            rows = await _all(
+                conn,
+                f"SELECT {at} FROM {src.tables} WHERE {src.where} AND {at} / {_QUARTER_MS} = :q",
+                {**f.params(), "q": quarter},
+            )
+            for (ms,) in rows:
+                offset = datetime.fromtimestamp(ms // 1000, f.tz).utcoffset() or timedelta(0)
+                cells.setdefault(_weekday_hour(ms + offset // _MS), [0, 0])[index] += 1
+    return [
+        {"weekday": day, "hour": hour, "turns": turns, "toolCalls": calls}
+        for (day, hour), (turns, calls) in sorted(cells.items())
+    ]
+
+
+async def session_detail(conn: aiosqlite.Connection, f: Filters) -> dict[str, Any]:
+    """One session (`f.thread`) for the drill-down: its `sessions` row, and
+    its turns (tokens and cost each) and tool calls in time order, the
+    first `f.limit` of each, counting only rows that pass the filters."""
+    if f.thread is None:
+        raise ValueError("session_detail needs f.thread")
+    rows = await sessions(conn, f)
+    turns = turn_source(f)
+    turn_rows = await _all(
+        conn,
+        f"""SELECT t.turn_id, t.provider, t.model, t.status, t.started_at_ms,
+                   t.completed_at_ms, {TURN_AT} AS at
+            FROM {turns.tables} WHERE {turns.where}
+            ORDER BY at IS NULL, at, t.turn_id LIMIT :limit""",
+        {**f.params(), "limit": f.limit},
+    )
+    costs = await _costs(conn, f, "u.turn_id")
+    out_turns = []
+    for turn_id, provider, model, status, started, completed, _ in turn_rows:
+        acc = costs.get(turn_id)
+        out_turns.append(
+            {
+                "turnId": turn_id,
+                "provider": provider,
+                "model": model,
+                "status": status,
+                "startedAtMs": started,
+                "completedAtMs": completed,
+                **_cost_fields(acc or Cost()),
+                "hasTokenUsage": acc is not None,
+            }
+        )
+    calls = tool_source(f)
+    call_rows = await _all(
+        conn,
+        f"""SELECT c.turn_id, c.tool_name, c.started_at_ms, c.completed_at_ms,
+                   {DURATION}, c.is_error, {CALL_AT} AS at
+            FROM {calls.tables} WHERE {calls.where}
+            ORDER BY at IS NULL, at, c.turn_id, c.tool_id LIMIT :limit""",
+        {**f.params(), "limit": f.limit},
+    )
+    out_calls = [
+        {
+            "turnId": turn_id,
+            "toolName": UNKNOWN if name is None else name,
+            "startedAtMs": started,
+            "completedAtMs": completed,
+            "durationMs": duration,
+            "status": "running" if completed is None else ("error" if is_error else "success"),
+        }
+        for turn_id, name, started, completed, duration, is_error, _ in call_rows
+    ]
+    return {"session": rows[0] if rows else None, "turns": out_turns, "toolCalls": out_calls}
