@@ -204,8 +204,8 @@ def prepare_rollups(options: FilterOptions, *, scope: str | None = None) -> Prep
 def prepare_activity(
     options: FilterOptions, *, by: str, loop_stage: str | None = None, user_sessions: bool = False
 ) -> Prepared:
-    from roder_analyticsd.store import queries
     from roder_analyticsd.fleet import vocabulary
+    from roder_analyticsd.store import queries
 
     _choice("by", by, ACTIVITY_BY)
     if loop_stage is not None:

@@ -16,9 +16,9 @@ import click
 
 from roder_analyticsd.cli.common import emit_json
 from roder_analyticsd.cli.stats import prepare, query_options, query_store
+from roder_analyticsd.fleet import vocabulary
 from roder_analyticsd.queryspec import ACTIVITY_BY
 from roder_analyticsd.queryspec import FLEET_SOURCES as SOURCES
-from roder_analyticsd.fleet import vocabulary
 
 USER_SESSIONS_HELP = (
     "Ordinary user chat only: module=session, ownerModule=session, executionKind=user_session."
