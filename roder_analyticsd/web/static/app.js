@@ -288,12 +288,45 @@
     return `${d.getUTCDate()} ${months[d.getUTCMonth()]}`;
   }
 
+  // buckets with no usage are drawn as zero, not bridged by the cost line
+  function nextBucket(key) {
+    const t = bucketSeconds(key) * 1000;
+    const d = new Date(t);
+    if (state.group === "month") {
+      const n = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1));
+      return n.toISOString().slice(0, 7);
+    }
+    if (state.group === "week") {
+      const n = new Date(t + 7 * 86400000);
+      const thursday = new Date(n.getTime() + 3 * 86400000);
+      const year = thursday.getUTCFullYear();
+      const week = Math.floor((thursday - Date.UTC(year, 0, 1)) / (7 * 86400000)) + 1;
+      return `${year}-W${String(week).padStart(2, "0")}`;
+    }
+    return new Date(t + 86400000).toISOString().slice(0, 10);
+  }
+
+  function fillGaps(rows) {
+    if (rows.length < 2) return rows;
+    const have = new Map(rows.map((r) => [r.group, r]));
+    const out = [];
+    let key = rows[0].group;
+    const last = rows[rows.length - 1].group;
+    while (out.length < 5000) {
+      out.push(have.get(key) || { group: key, promptTokens: 0, completionTokens: 0, totalTokens: 0,
+        cachedPromptTokens: 0, cacheCreationPromptTokens: 0, turnCount: 0, costUsd: 0 });
+      if (key >= last) break;
+      key = nextBucket(key);
+    }
+    return out;
+  }
+
   function renderTokens(stack, byTime) {
     const has = byTime.length > 0;
     empty("tokens-empty", has ? "" : "No token usage in this window.");
     $("#tokens-chart").hidden = !has;
     if (!has) { drawChart("tokens-chart", {}, [[]]); return; }
-    byTime = byTime.slice().sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : 0));
+    byTime = fillGaps(byTime.slice().sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : 0)));
     const keys = byTime.map((r) => r.group);
     const xs = keys.map(bucketSeconds);
     const index = new Map(keys.map((k, i) => [k, i]));
