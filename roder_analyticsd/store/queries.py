@@ -872,8 +872,7 @@ def _cost_fields(acc: Cost) -> dict[str, Any]:
         "cachedPromptTokens": acc.cached,
         "cacheCreationPromptTokens": acc.creation,
         "turnCount": acc.turns,
-        "costUsd": acc.usd,
-        "unpricedTurnCount": acc.unpriced,
+        **acc.cost_fields(),
     }
 
 
