@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from conftest import copy_sample, run_cli, serve_on_loopback
+from conftest import REPO, _env, copy_sample, run_cli, serve_on_loopback
 from dashboard_support import (
     app_for,
     backfill,
@@ -326,3 +330,43 @@ def test_non_loopback_listen_without_token_is_refused(sample):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "token" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_shows_the_same_page_at_its_root(sample, tmp_path):
+    data_dir, store = sample
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roder_analyticsd", "serve", "--listen", "127.0.0.1:0", "--json",
+         "--data-dir", str(data_dir), "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line, proc.communicate(timeout=10)
+        url = json.loads(line)["listen"]
+        page = httpx.get(f"{url}/")
+        assert page.status_code == 200 and 'data-metric="turnCount"' in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert httpx.get(f"{url}/static/app.js").status_code == 200
+        assert httpx.get(f"{url}/api/summary").json() == cli_json(data_dir, store, "summary")
+        assert httpx.get(f"{url}/healthz").json() == {"ok": True}  # the receiver's own
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_page_ships_in_the_wheel(tmp_path):
+    """package data: a non-editable install has the page and the vendored library
+    (built as pip builds it for `pip install .`, with pyproject's build backend)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+         str(REPO)],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("roder_analyticsd-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("index.html", "app.js", "app.css", "favicon.svg", "vendor/uPlot.iife.min.js",
+                 "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"):  # fmt: skip
+        assert f"roder_analyticsd/web/static/{name}" in names, name

@@ -66,6 +66,11 @@ class Watched:
             "console", lambda m: self.console.append(m.text) if m.type == "error" else None
         )
         self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("response", self._response)
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:  # named, so a failure says which request it was
+            self.console.append(f"{response.status} {response.url}")
 
     def open(self, query: str = "") -> Any:
         self.page.goto(f"{self.base}/{query}")

@@ -71,7 +71,7 @@ def serve(listen: str, data_dir: Path | None, store: Path | None, as_json: bool)
         check_listen_allowed(host, settings.collect_token)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    _serve(settings.store, host, port, settings.collect_token, as_json)
+    _serve(settings.store, host, port, settings.collect_token, as_json, settings=settings)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -111,7 +111,9 @@ def _limits_from_env() -> dict[str, float]:
 
 
 @run_async
-async def _serve(store: Path, host: str, port: int, token: str | None, as_json: bool) -> None:
+async def _serve(
+    store: Path, host: str, port: int, token: str | None, as_json: bool, *, settings: Any = None
+) -> None:
     import signal
 
     import anyio
@@ -139,7 +141,18 @@ async def _serve(store: Path, host: str, port: int, token: str | None, as_json: 
             yield  # signals are handled below
 
     limits = Limits(**_limits_from_env())
-    config = uvicorn_config(create_app(str(store), token=token, limits=limits), limits)
+    app = create_app(str(store), token=token, limits=limits)
+    if settings is not None:  # the dashboard at `/`, over the same store (read-only)
+        from roder_analyticsd.live.status import gather_status
+        from roder_analyticsd.web import mount_dashboard
+
+        mount_dashboard(
+            app,
+            store,
+            token=settings.dashboard_token or token,
+            status=lambda: gather_status(settings),
+        )
+    config = uvicorn_config(app, limits)
     server = Server(config)
     url = _url(sock)
 

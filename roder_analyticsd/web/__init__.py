@@ -6,8 +6,8 @@ calls (through `queryspec`), the page is static files shipped in the
 package (no build step, no other origin).
 """
 
-from roder_analyticsd.web.app import create_app
+from roder_analyticsd.web.app import create_app, mount_dashboard
 
 UPLOT_VERSION = "1.6.32"  # static/vendor/README.md
 
-__all__ = ["UPLOT_VERSION", "create_app"]
+__all__ = ["UPLOT_VERSION", "create_app", "mount_dashboard"]

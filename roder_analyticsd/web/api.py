@@ -51,7 +51,7 @@ ENDPOINTS: dict[str, tuple[Callable[..., queryspec.Prepared], tuple[Any, ...]]] 
 }
 
 EVENTS_POLL_S = 0.25  # how often /api/events looks at the change marker
-EVENTS_STREAM_S = 55.0  # a stream ends after this; EventSource reconnects by itself
+EVENTS_STREAM_S = 25.0  # a stream then ends (EventSource reconnects): a stop waits no longer
 EVENTS_RETRY_MS = 500
 
 
@@ -169,6 +169,11 @@ def api_routes(store: ReadOnlyStore, status: Callable[[], Any]) -> list[Route]:
         except (sqlite3.Error, OSError) as exc:
             return error(503, f"status: {exc}")
 
+    async def parameters(request: Request) -> Response:
+        """Each endpoint's query parameters (what the page may offer)."""
+        accepted = {name: sorted(_params(prepare)) for name, (prepare, _) in ENDPOINTS.items()}
+        return JSONResponse(accepted, headers=NO_STORE)
+
     async def version(request: Request) -> Response:
         return JSONResponse({"version": await store.marker()}, headers=NO_STORE)
 
@@ -200,6 +205,7 @@ def api_routes(store: ReadOnlyStore, status: Callable[[], Any]) -> list[Route]:
     routes += [
         Route("/api/status", status_endpoint, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),
+        Route("/api/parameters", parameters, methods=["GET"]),
         Route("/api/events", events, methods=["GET"]),
     ]
     return routes

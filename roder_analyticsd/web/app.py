@@ -199,3 +199,30 @@ def create_app(
     app.state.store = ro
     app.add_middleware(Guard, token=token)
     return app
+
+
+def mount_dashboard(
+    host_app: Starlette,
+    store: Path,
+    *,
+    token: str | None = None,
+    status: Callable[[], Any] | None = None,
+) -> Starlette:
+    """Serve the dashboard at `/` of another Starlette app (the receiver of
+    `serve`): its own routes keep precedence, every other path is the
+    dashboard's, and the dashboard's read-only connections close with the
+    host app's lifespan."""
+    dashboard = create_app(store, token=token, status=status)
+    host_app.router.routes.append(Mount("/", app=dashboard))
+    inner = host_app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        try:
+            async with inner(app) as state:
+                yield state
+        finally:
+            await dashboard.state.store.close()
+
+    host_app.router.lifespan_context = lifespan
+    return host_app

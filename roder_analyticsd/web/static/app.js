@@ -876,6 +876,23 @@
     source.addEventListener("error", () => { badge.textContent = "reconnecting…"; badge.className = "live"; });
   }
 
+  // `--agent` (roder | claude-code) is a filter once the store's queries know it
+  async function probeAgent() {
+    try {
+      const accepted = await api("parameters");
+      supportsAgent = (accepted.summary || []).includes("agent");
+    } catch (e) {
+      supportsAgent = false;
+    }
+    const label = $("#agent-filter");
+    label.hidden = !supportsAgent;
+    if (supportsAgent) {
+      const select = $("#filters").agent;
+      for (const name of ["roder", "claude-code"]) select.append(el("option", { value: name, text: name }));
+      select.value = state.agent;
+    }
+  }
+
   function start() {
     bindForm();
     bindSorting($("#tools-table"), "tsort", "tdir", renderTools);
@@ -886,7 +903,7 @@
     $("#session-close").addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => { if (state.session) { state.session = ""; writeState(); } });
     syncForm();
-    refresh().then(() => { if (state.session) showSession(); });
+    probeAgent().then(() => refresh()).then(() => { if (state.session) showSession(); });
     live();
   }
 
