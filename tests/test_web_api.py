@@ -370,3 +370,21 @@ def test_the_page_ships_in_the_wheel(tmp_path):
     for name in ("index.html", "app.js", "app.css", "favicon.svg", "vendor/uPlot.iife.min.js",
                  "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"):  # fmt: skip
         assert f"roder_analyticsd/web/static/{name}" in names, name
+
+
+def test_a_kept_answer_never_outlives_a_commit(tmp_path):
+    data_dir = copy_sample(tmp_path / "roder-data")
+    store = backfill(data_dir, tmp_path / "usage.sqlite3")
+    with serve_on_loopback(app_for(data_dir, store)) as base, httpx.Client() as client:
+        first = client.get(f"{base}/api/summary").json()
+        assert client.get(f"{base}/api/summary").json() == first  # kept
+        writer = sqlite3.connect(store)
+        writer.execute(
+            "INSERT INTO turns (thread_id, turn_id, started_at_ms, terminal_status)"
+            " VALUES ('thr-cache', 'turn-1', 1794974571621, 'completed')"
+        )
+        writer.commit()
+        writer.close()
+        second = client.get(f"{base}/api/summary").json()
+        assert second["turnCount"] == first["turnCount"] + 1
+        assert second == cli_json(data_dir, store, "summary")

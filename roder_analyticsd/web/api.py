@@ -17,6 +17,7 @@ import sqlite3
 import time
 import types
 import typing
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ ENDPOINTS: dict[str, tuple[Callable[..., queryspec.Prepared], tuple[Any, ...]]] 
     "session": (queryspec.prepare_session, ()),
 }
 
+CACHE_ENTRIES = 256
 EVENTS_POLL_S = 0.25  # how often /api/events looks at the change marker
 EVENTS_STREAM_S = 25.0  # a stream then ends (EventSource reconnects): a stop waits no longer
 EVENTS_RETRY_MS = 500
@@ -135,27 +137,69 @@ def error(status: int, message: str) -> JSONResponse:
 NO_STORE = {"Cache-Control": "no-store"}
 
 
+class AnswerCache:
+    """Answers kept while the store is unchanged.
+
+    A query is a function of the store's contents and its parameters only;
+    so an answer stays exact until anything commits (the change marker
+    moves), and the cache is emptied then. The key holds the resolved time
+    bounds too: a relative window (`since=7d`) resolves against the request's
+    own instant, so it is never answered from an earlier one.
+    """
+
+    def __init__(self, size: int = CACHE_ENTRIES) -> None:
+        self.size = size
+        self.marker: str | None = None
+        self.entries: OrderedDict[Any, bytes] = OrderedDict()
+
+    def get(self, marker: str, key: Any) -> bytes | None:
+        if marker != self.marker:
+            self.marker = marker
+            self.entries.clear()
+            return None
+        body = self.entries.get(key)
+        if body is not None:
+            self.entries.move_to_end(key)
+        return body
+
+    def put(self, marker: str, key: Any, body: bytes) -> None:
+        if marker != self.marker:
+            return  # the store moved on while this was computed
+        self.entries[key] = body
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
 def api_routes(store: ReadOnlyStore, status: Callable[[], Any]) -> list[Route]:
     """The `/api/*` routes over one read-only store. `status` gathers the
     `status --json` object."""
+    cache = AnswerCache()
 
     def handler(endpoint: str):
         async def answer(request: Request) -> Response:
+            query = request.query_params.multi_items()
             try:
-                prepared = prepare_request(endpoint, request.query_params.multi_items())
+                prepared = prepare_request(endpoint, query)
             except UsageError as exc:
                 return error(400, str(exc))
+            headers = dict(NO_STORE)
+            if not store.exists():
+                headers["X-Store"] = "missing"
+            f = prepared.filters
+            key = (endpoint, tuple(query), f.since_ms, f.until_ms)
             try:
-                async with store.connection() as conn:
-                    rows = await prepared.run(conn)
+                marker = await store.marker()  # before the query: a commit during it is a miss
+                body = cache.get(marker, key)
+                if body is None:
+                    async with store.connection() as conn:
+                        rows = await prepared.run(conn)
+                    body = JSONResponse(rows).body
+                    cache.put(marker, key, body)
             except StoreError as exc:
                 return error(503, str(exc))
             except sqlite3.Error as exc:
                 return error(503, describe_sqlite_error(exc, store.path))
-            headers = dict(NO_STORE)
-            if not store.exists():
-                headers["X-Store"] = "missing"
-            return JSONResponse(rows, headers=headers)
+            return Response(body, media_type="application/json", headers=headers)
 
         return answer
 

@@ -13,6 +13,8 @@
   const KIND_COLORS = { uncached: "#6366f1", cached: "#22c55e", write: "#f59e0b", completion: "#ec4899" };
   const MAX_STACKED = 7;
   const SESSIONS_SHOWN = 100;
+  const SESSIONS_FOLDED = 20;
+  let showAllSessions = false;
   // a sessions column the server can sort by (its --sort), the rest sort on the page
   const SERVER_SORTS = { lastActivityMs: "recent", totalTokens: "tokens", costUsd: "cost", toolCallCount: "calls" };
 
@@ -487,7 +489,11 @@
     empty("sessions-empty", sessionRows.length ? "" : "No sessions in this window.");
     table.hidden = !sessionRows.length;
     markSorted(table, state.ssort, state.sdir);
-    const rows = SERVER_SORTS[state.ssort] && state.sdir === "desc" ? sessionRows : sortRows(sessionRows, state.ssort, state.sdir);
+    const sorted = SERVER_SORTS[state.ssort] && state.sdir === "desc" ? sessionRows : sortRows(sessionRows, state.ssort, state.sdir);
+    const rows = showAllSessions ? sorted : sorted.slice(0, SESSIONS_FOLDED);
+    const more = $("#sessions-more");
+    more.hidden = sorted.length <= SESSIONS_FOLDED;
+    more.textContent = showAllSessions ? "Show fewer" : `Show all ${sorted.length}`;
     for (const r of rows) {
       const tr = el("tr", { class: "clickable", tabIndex: 0 },
         cell(when(r.lastActivityMs)),
@@ -896,6 +902,7 @@
   function start() {
     bindForm();
     bindSorting($("#tools-table"), "tsort", "tdir", renderTools);
+    $("#sessions-more").addEventListener("click", () => { showAllSessions = !showAllSessions; renderSessions(); });
     bindSorting($("#sessions-table"), "ssort", "sdir", () => {
       if (SERVER_SORTS[state.ssort]) refresh(); else renderSessions();
     });
