@@ -887,6 +887,7 @@ async def token_stack(
         raise ValueError(f"unknown stack {group!r} by {by!r}")
     _, bucket = _group_key(group, f.tz)
     assert bucket is not None
+    await load_price_entries(conn)
     src = token_source(f)
     sql = (
         f"SELECT u.recorded_at_ms, coalesce(t.{by}, '{UNKNOWN}'), {_TOKEN_COLUMNS}"
