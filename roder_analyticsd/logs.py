@@ -5,6 +5,10 @@ manager (stderr is a pipe or a file) it is one JSON object per line. Either
 way a privacy guard runs before rendering: only keys on an allow-list reach
 the output, so a body, a workspace path or anything else that was never
 meant to be logged cannot leak through a careless `log.info(..., x=...)`.
+
+Libraries that log through the standard `logging` module (uvicorn under
+`serve`) go through the same guard and renderer, so the daemon and the
+receiver write one format.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ SAFE_KEYS = frozenset(
         "pid", "store", "data_dir", "schema_version", "version", "files", "lines",
         "skipped", "parse_errors", "file_errors", "rows", "rows_pruned", "days",
         "seconds", "path", "line", "error", "retry_in_s", "signal", "dropped",
-        "interval_s", "count", "backlog", "stage",
+        "interval_s", "count", "backlog", "stage", "reason", "listen",
         # the forwarder and the receiver
         "events", "max_queue", "policy",
     }
@@ -61,17 +65,59 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
+    stamp = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            drop_unsafe_keys,
-            renderer,
-        ],
+        processors=[*stamp, drop_unsafe_keys, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=lambda *_args: LineWriter(stream),
         cache_logger_on_first_use=False,
     )
+    # the standard library's records (warnings and up): same guard, same format
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamp, _exception_class],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            drop_unsafe_keys,
+            renderer,
+        ],
+    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibLines)]:
+        root.removeHandler(handler)
+    handler = StdlibLines(LineWriter(stream))
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+
+
+def _exception_class(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's traceback never reaches a line (its text may hold a body or
+    a path): only the exception's class is kept, as `error`."""
+    exc_info = event_dict.get("exc_info")
+    if isinstance(exc_info, tuple) and exc_info[0] is not None:
+        event_dict.setdefault("error", exc_info[0].__name__)
+    elif isinstance(exc_info, BaseException):
+        event_dict.setdefault("error", type(exc_info).__name__)
+    return event_dict
+
+
+class StdlibLines(logging.Handler):
+    """Renders `logging` records as structlog lines; never raises."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - a bad record loses that line, never the process
+            return
+        self._writer.msg(line)
 
 
 class LineWriter:

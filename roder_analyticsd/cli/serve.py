@@ -117,6 +117,7 @@ async def _serve(
     import signal
 
     import anyio
+    import structlog
     import uvicorn
 
     from roder_analyticsd.fleet.receiver import Limits, create_app, uvicorn_config
@@ -152,7 +153,8 @@ async def _serve(
             token=settings.dashboard_token or token,
             status=lambda: gather_status(settings),
         )
-    config = uvicorn_config(app, limits)
+    # log_config=None: uvicorn's records reach the structlog lines configured above
+    config = uvicorn_config(app, limits, log_config=None)
     server = Server(config)
     url = _url(sock)
 
@@ -164,8 +166,7 @@ async def _serve(
         if as_json:
             emit_json({"listen": url})
             sys.stdout.flush()
-        else:
-            click.echo(f"roder-analyticsd: receiver listening on {url}", err=True)
+        structlog.get_logger().info("receiver_listening", listen=url)
 
     async def on_signals(receiver: Any) -> None:
         async for _ in receiver:

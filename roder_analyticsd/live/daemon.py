@@ -20,6 +20,7 @@ import dataclasses
 import os
 import signal
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Awaitable
@@ -83,6 +84,13 @@ def run_daemon(settings: Settings) -> None:
         pass
     finally:
         lock.release()
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def store_failure(exc: BaseException) -> Exception | None:
@@ -150,14 +158,7 @@ class Daemon:
                 await self.ingestor.start()
                 async with conn.execute("PRAGMA user_version") as cur:
                     row = await cur.fetchone()
-                log.info(
-                    "daemon_started",
-                    pid=os.getpid(),
-                    store=str(settings.store),
-                    data_dir=str(settings.data_dir),
-                    schema_version=row[0] if row else None,
-                    files=len(self.ingestor.checkpoints),
-                )
+                self.schema_version = row[0] if row else None
                 async with anyio.create_task_group() as tg:
                     self.tg = tg
                     self.work_scope = anyio.CancelScope()
@@ -233,6 +234,7 @@ class Daemon:
         began = time.monotonic()
         report = Report()
         events, metadata = discover(self.settings.data_dir)
+        self._announce(len(events))
         # the backlog is read as `--once` reads it (worker processes for a
         # big one, stopped after); a stop request is honoured between files
         async with bulk_load(self.ingestor):
@@ -255,6 +257,26 @@ class Daemon:
             file_errors=len(report.file_errors),
             seconds=round(time.monotonic() - began, 3),
         )
+
+    def _announce(self, files: int) -> None:
+        """`daemon_started`, once the watch is up and the files are counted;
+        on a terminal also one plain line saying what runs and how to stop it."""
+        settings = self.settings
+        log.info(
+            "daemon_started",
+            pid=os.getpid(),
+            store=str(settings.store),
+            data_dir=str(settings.data_dir),
+            schema_version=self.schema_version,
+            files=files,
+        )
+        if _stderr_is_tty():
+            sys.stderr.write(
+                f"roder-analyticsd: watching {files} events.jsonl under {settings.data_dir}, "
+                f"writing {settings.store}; Ctrl-C stops it "
+                "(`roder-analyticsd install-service` runs it in the background)\n"
+            )
+            sys.stderr.flush()
 
     async def _step(self) -> None:
         changes, self.pending = self.pending, Changes()

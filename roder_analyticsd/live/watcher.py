@@ -15,7 +15,9 @@ notification costs a little work and never correctness.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,32 @@ IGNORED_NAMES = frozenset({"thread-index.json"})
 RUST_TIMEOUT_MS = 1000  # bounds how long a cancelled watch thread lingers
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 60.0  # a watch that keeps failing (inotify limit): the rescan carries on
+
+
+# what may name a file in a watcher error: watchfiles' `about ["…"]`, quoted text, paths
+_PATHISH = re.compile(r"""\s*about \[.*?\]|"[^"]*"|'[^']*'|(?<!\w)(?:~|\.{1,2})?/\S*""")
+_HINTS = {
+    "watch limit": "raise fs.inotify.max_user_watches; the periodic rescan carries on",
+    "no path was found": "a watched directory vanished; the watch restarts",
+}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(exception class, a reason safe to log): the OS error's name and text,
+    or the message with anything path-like taken out, plus a hint."""
+    kind = type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code in errno.errorcode:
+        reason = f"{errno.errorcode[code]}: {os.strerror(code)}"
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        reason = " ".join(_PATHISH.sub(" … ", text).split())
+    lowered = reason.lower()
+    hints = [hint for key, hint in _HINTS.items() if key in lowered]
+    if isinstance(code, int) and code == errno.ENOSPC:  # inotify's answer at the watch limit
+        hints.append(_HINTS["watch limit"])
+    reason = (reason or "no reason given") + (f" ({hints[0]})" if hints else "")
+    return kind, reason[:200]
 
 
 @dataclass(slots=True)
@@ -93,7 +121,7 @@ class Watcher:
         self._stops: list[anyio.Event] = []
         self._stopped = False
         self._failures = 0
-        self._last_error: str | None = None
+        self._last_error: tuple[str, str] | None = None
 
     def stop(self) -> None:
         """Make the watch threads return (within a step) so `run` can end."""
@@ -181,12 +209,14 @@ class Watcher:
         restart.set()
 
     async def _failed(self, exc: Exception, stop: anyio.Event) -> None:
-        """Log a new kind of failure once, then wait longer each time."""
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if message != self._last_error:
-            log.warning("watch_failed", error=message)
-            self._last_error = message
+        """Log a new kind of failure once (class and a reason, never a path),
+        then wait longer each time."""
+        described = describe_failure(exc)
         delay = min(RESTART_DELAY_S * 2**self._failures, MAX_RESTART_DELAY_S)
+        if described != self._last_error:
+            kind, reason = described
+            log.warning("watch_failed", error=kind, reason=reason, retry_in_s=delay)
+            self._last_error = described
         self._failures += 1
         with anyio.move_on_after(delay):
             await stop.wait()
