@@ -25,20 +25,28 @@ import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
 import structlog
 
+from roder_analyticsd import pricing
 from roder_analyticsd.config import Settings
-from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load, keep_prices
+from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
+from roder_analyticsd.live.workers import WorkerDied, WorkerPool
 from roder_analyticsd.logs import configure_logging
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
 from roder_analyticsd.store.connection import StorePathError, describe_sqlite_error, open_store
-from roder_analyticsd.store.maintenance import dirty_days, prune, refresh_rollups
+from roder_analyticsd.store.maintenance import (
+    dirty_days,
+    keep_price_entries,
+    prune,
+    refresh_rollups,
+)
 from roder_analyticsd.store.schema import StoreError
 from roder_analyticsd.store.transaction import transaction
 
@@ -123,6 +131,8 @@ class Daemon:
         self.rollup_due = False
         self.retention_due = False
         self.store_trouble: str | None = None
+        self.prices_made: dict[str, Any] = {}  # price entries made, not yet in the store
+        self.pricing = False  # a worker is making some
         self.backoff = min(options.retry_min, options.retry_max)
         self.file_errors: dict[str, str] = {}  # relative path → message, logged once
         self.parse_errors_seen: set[tuple[str, int]] = set()
@@ -353,9 +363,38 @@ class Daemon:
             if days := await dirty_days(self.conn):
                 rows = await refresh_rollups(self.conn)
                 log.info("rollups_refreshed", days=len(days), rows=rows)
-                await keep_prices(self.conn)  # new turns may name a new model
+            if days or self.prices_made:
+                await self._keep_prices()  # new turns may name a new model
 
         return await self._guarded(work())
+
+    async def _keep_prices(self) -> None:
+        """Price entries for new models, without stalling ingestion: the
+        worker that makes them (a process start and genai-prices' table,
+        seconds) runs beside the work loop, which only writes what it made."""
+        made = self.prices_made
+
+        async def compute(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+            missing = [p for p in pairs if f"{p[0]}\x1f{p[1]}" not in made]
+            if missing and not self.pricing:
+                self.pricing = True
+                self.tg.start_soon(self._make_prices, missing)
+            return dict(made)
+
+        await keep_price_entries(self.conn, pricing.price_table_version(), compute)
+        for key in list(made):  # kept in the store now
+            del made[key]
+
+    async def _make_prices(self, pairs: list[tuple[str, str]]) -> None:
+        try:
+            async with WorkerPool(1) as [worker]:
+                self.prices_made.update(await worker.call(pricing.price_entries, pairs))
+        except WorkerDied:
+            pass  # best effort: queries then load the table themselves
+        finally:
+            self.pricing = False
+        self.rollup_due = True  # written by the work loop's next step
+        self.wake.set()
 
     async def _drop_missing(self, events: list[Path]) -> None:
         """Forget checkpoints of files gone from two rescans in a row (a
