@@ -12,8 +12,11 @@ For each endpoint, rounds alternate between the floor and the endpoint:
 - the endpoint, with the parameters the page sends.
 
 Printed per endpoint: median and p90 wall ms of the warm requests (after two
-warm-up requests), the dashboard process's CPU ms per request (from
-/proc/PID/stat), and the ratio of the medians to the floor. Then the page:
+warm-up requests: answered from the dashboard's kept answers, valid while
+the store is unchanged), the dashboard process's CPU ms per request (from
+/proc/PID/stat, 10 ms ticks), the ratio of the medians to the floor; and
+cold: the first request after a commit (the bench commits a row no query
+reads), i.e. the query itself, median wall and CPU ms. Then the page:
 Debian's chromium (Playwright) navigates to `/` and the time until the
 headline numbers (`data-metric` with its `data-value`) are shown, and until
 every panel is drawn, median over warm rounds. Targets: every endpoint
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -99,7 +103,15 @@ def timed(client: httpx.Client, url: str, pid: int) -> tuple[float, float]:
     return wall, cpu_ms(pid) - cpu0
 
 
-def bench_api(base: str, pid: int, rounds: int) -> list[dict]:
+def touch(store: Path, n: int) -> None:
+    """Commit something no query reads: the dashboard's kept answers go."""
+    conn = sqlite3.connect(store)
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('bench-tick', ?)", (str(n),))
+    conn.commit()
+    conn.close()
+
+
+def bench_api(base: str, pid: int, rounds: int, store: Path, cold_rounds: int) -> list[dict]:
     out = []
     with httpx.Client(timeout=60) as client:
         first = client.get(f"{base}/api/sessions", params={"limit": 1}).json()
@@ -117,6 +129,12 @@ def bench_api(base: str, pid: int, rounds: int) -> list[dict]:
                 wall, cpu = timed(client, url, pid)
                 walls.append(wall)
                 cpus.append(cpu)
+            colds, cold_cpus = [], []
+            for n in range(cold_rounds):  # the first answer after a commit: the query itself
+                touch(store, n)
+                wall, cpu = timed(client, url, pid)
+                colds.append(wall)
+                cold_cpus.append(cpu)
             walls.sort()
             row = {
                 "endpoint": f"/api/{path}" + (f"?{urlencode(params)}" if params else ""),
@@ -124,6 +142,8 @@ def bench_api(base: str, pid: int, rounds: int) -> list[dict]:
                 "p90Ms": round(walls[int(len(walls) * 0.9) - 1], 1),
                 "cpuMsPerRequest": round(statistics.median(cpus), 1),
                 "floorMs": round(statistics.median(floors), 2),
+                "coldMedianMs": round(statistics.median(colds), 1) if colds else None,
+                "coldCpuMs": round(statistics.median(cold_cpus), 1) if colds else None,
             }
             row["ratioToFloor"] = round(row["medianMs"] / max(row["floorMs"], 0.01), 1)
             out.append(row)
@@ -167,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="keep the corpus and store here (reused)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--page-rounds", type=int, default=5)
+    parser.add_argument("--cold-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     import tempfile
 
@@ -182,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     try:
         base = json.loads(proc.stdout.readline())["listen"]  # type: ignore[union-attr]
-        rows = bench_api(base, proc.pid, args.rounds)
+        rows = bench_api(base, proc.pid, args.rounds, store, args.cold_rounds)
         page = bench_page(base, args.page_rounds)
     finally:
         proc.terminate()

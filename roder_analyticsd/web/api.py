@@ -10,6 +10,7 @@ that cannot be read (exit 1) is 503.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -52,6 +54,7 @@ ENDPOINTS: dict[str, tuple[Callable[..., queryspec.Prepared], tuple[Any, ...]]] 
 }
 
 CACHE_ENTRIES = 256
+STATUS_KEEP_S = 2.0
 EVENTS_POLL_S = 0.25  # how often /api/events looks at the change marker
 EVENTS_STREAM_S = 25.0  # a stream then ends (EventSource reconnects): a stop waits no longer
 EVENTS_RETRY_MS = 500
@@ -170,6 +173,33 @@ class AnswerCache:
             self.entries.popitem(last=False)
 
 
+class StatusSnapshot:
+    """`status --json`, gathered off the event loop and kept STATUS_KEEP_S.
+
+    Gathering reads every log file's unread tail (its lag): on a data dir of
+    thousands of files that takes a good part of a second, so it runs in a
+    worker thread (never stalling the other answers), one gathering at a
+    time however many tabs ask, and a snapshot at most STATUS_KEEP_S old is
+    answered as it is. The status panel is a snapshot anyway.
+    """
+
+    def __init__(self, gather: Callable[[], Any]) -> None:
+        self.gather = gather
+        self.value: Any = None
+        self.at = float("-inf")
+        self.lock = anyio.Lock()
+
+    async def get(self) -> Any:
+        async with self.lock:
+            if time.monotonic() - self.at > STATUS_KEEP_S:
+                self.value = await anyio.to_thread.run_sync(self._gather_in_thread)
+                self.at = time.monotonic()
+            return self.value
+
+    def _gather_in_thread(self) -> Any:
+        return asyncio.run(self.gather())
+
+
 def api_routes(store: ReadOnlyStore, status: Callable[[], Any]) -> list[Route]:
     """The `/api/*` routes over one read-only store. `status` gathers the
     `status --json` object."""
@@ -203,11 +233,13 @@ def api_routes(store: ReadOnlyStore, status: Callable[[], Any]) -> list[Route]:
 
         return answer
 
+    snapshot = StatusSnapshot(status)
+
     async def status_endpoint(request: Request) -> Response:
         if request.query_params:
             return error(400, f"no such option: --{next(iter(request.query_params))}")
         try:
-            return JSONResponse(await status(), headers=NO_STORE)
+            return JSONResponse(await snapshot.get(), headers=NO_STORE)
         except StoreError as exc:
             return error(503, str(exc))
         except (sqlite3.Error, OSError) as exc:
