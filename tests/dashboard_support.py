@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 from conftest import REPO, _env, run_cli
 
 
@@ -63,7 +62,3 @@ def dashboard_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-
-
-def run(fn, *args):
-    return anyio.run(fn, *args)
