@@ -276,7 +276,8 @@ def bench(args: argparse.Namespace, work: Path, corpus: Path) -> int:
             f"  floor {floor['seconds']:.2f} s wall {floor['cpu']:.2f} s CPU;"
             f" backfill {backfill.seconds:.2f} s wall {backfill.cpu_seconds:.2f} s CPU,"
             f" peak PSS {backfill.tree_pss_mb or 0:.0f} MB, peak WAL"
-            f" {backfill.peak_watch_mb or 0:.0f} MB, store {store_mb:.0f} MB", flush=True
+            f" {backfill.peak_watch_mb or 0:.0f} MB, store {store_mb:.0f} MB",
+            flush=True,
         )
         rounds.append((floor["seconds"] / backfill.seconds, floor, floor_run, backfill))
     cpu_ratios = sorted(r[3].cpu_seconds / r[1]["cpu"] for r in rounds)

@@ -82,6 +82,15 @@ class ForwardConfig(Struct, frozen=True):
                 raise ValueError("endpoint must be " + _description(ForwardConfig, "endpoint"))
 
 
+class SourcesConfig(Struct, frozen=True):
+    """`[analytics.sources]`: which agents' logs besides Roder's are read."""
+
+    # "auto": the Claude Code roots that exist; true: they must exist; false: never
+    claude_code: Annotated[bool | Literal["auto"], Meta(description='"auto", true or false')] = (
+        "auto"
+    )
+
+
 class AnalyticsConfig(Struct, frozen=True):
     """`[analytics]`."""
 
@@ -101,6 +110,7 @@ class AnalyticsConfig(Struct, frozen=True):
     collect: CollectConfig = msgspec.field(default_factory=CollectConfig)
     dashboard: DashboardConfig = msgspec.field(default_factory=DashboardConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
+    sources: SourcesConfig = msgspec.field(default_factory=SourcesConfig)
     # checked by live.options when the daemon starts
     daemon: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -122,6 +132,9 @@ class Settings:
     forward_token: str | None = None
     forward_batch_size: int = 20
     daemon: dict[str, Any] = field(default_factory=dict)
+    # [analytics.sources] claude_code, and the roots --claude-dir gave
+    claude_code: bool | Literal["auto"] = "auto"
+    claude_dirs: tuple[Path, ...] = ()
 
 
 def default_data_dir() -> Path:
@@ -219,4 +232,5 @@ def load_settings(data_dir: Path | None = None, store: Path | None = None) -> Se
         forward_token=analytics.forward.token,
         forward_batch_size=analytics.forward.batch_size,
         daemon=analytics.daemon,
+        claude_code=analytics.sources.claude_code,
     )

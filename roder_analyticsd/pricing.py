@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "cost_micro",
+    "cost_pico",
     "cost_usd",
     "cost_usd_aggregate",
     "install_price_entries",
@@ -52,9 +53,12 @@ _PROVIDER_ALIASES = {
 _PROBE = 1_000_000  # probe size: coefficients come out as USD per million tokens
 _MICRO = 1_000_000  # results are rounded to whole micro-dollars (6 decimals)
 
+_PICO_PER_MICRO = 1_000_000
+
 # Integer coefficients (base, cache-read delta, cache-write delta, output,
-# per-request) and their common scale: micro-USD = sum(coeff * count) / scale.
-_Coeffs = tuple[int, int, int, int, int, int]
+# per-request), their common scale, then the 1-hour cache-write delta (last:
+# entries stored before it existed still read): micro-USD = sum(coeff * count) / scale.
+_Coeffs = tuple[int, int, int, int, int, int, int]
 
 
 def cost_usd(
@@ -85,6 +89,43 @@ def cost_usd(
         tier_prompt=prompt,
         requests=1,
     )
+
+
+def cost_pico(
+    provider: str | None,
+    model: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_prompt_tokens: int,
+    cache_creation_prompt_tokens: int,
+    cache_creation_1h_prompt_tokens: int = 0,
+    at_ms: int | None = None,
+) -> int | None:
+    """Cost of one request in integer pico-USD, exact (for sums: rounding each
+    row to micro-dollars first would drift). The 1-hour cache writes are the
+    part of `cache_creation_prompt_tokens` written with a 1-hour TTL
+    (Anthropic prices them apart). None when the price is unknown."""
+    pricer = _pricer_for(provider, model)
+    if pricer is None:
+        return None
+    prompt = _count(prompt_tokens)
+    scaled = pricer.scaled(
+        prompt,
+        _count(completion_tokens),
+        _count(cached_prompt_tokens),
+        _count(cache_creation_prompt_tokens),
+        _count(cache_creation_1h_prompt_tokens),
+        at_ms=at_ms,
+        tier_prompt=prompt,
+        requests=1,
+    )
+    if scaled is None:
+        return None
+    value, scale = scaled
+    pico, rest = divmod(value * _PICO_PER_MICRO, scale)
+    if 2 * rest > scale or (2 * rest == scale and pico & 1):
+        pico += 1
+    return pico
 
 
 def cost_usd_aggregate(
@@ -247,6 +288,7 @@ class _CachedPrice:
 
     def __init__(self, entry: list | None, provider: str, model: str) -> None:
         self.fallback = (provider, model) if entry is None else None
+        self.fallback_key = (provider, model)
         self.rules = [(rule, tuple(starts), coeffs) for rule, starts, coeffs in entry or []]
         self.static = len(self.rules) == 1 and self.rules[0][0] is None
 
@@ -271,7 +313,7 @@ class _CachedPrice:
             cached = prompt
         if creation > prompt - cached:
             creation = prompt - cached
-        base, read_delta, write_delta, output, per_request, scale = coeffs
+        base, read_delta, write_delta, output, per_request, scale = coeffs[:6]
         scaled = (
             base * prompt + read_delta * cached + write_delta * creation + output * completion
             + per_request
@@ -280,6 +322,41 @@ class _CachedPrice:
         if 2 * rest > scale or (2 * rest == scale and micro & 1):
             micro += 1
         return micro
+
+    def pico(self, at_ms: int | None, prompt: int, completion: int, cached: int,
+             creation: int, creation_1h: int = 0) -> int | None:  # fmt: skip
+        """The exact cost in pico-dollars (sums stay exact); `creation_1h` is
+        the 1-hour part of `creation` (Anthropic prices it apart)."""
+        prompt = prompt if prompt and prompt > 0 else 0
+        completion = completion if completion and completion > 0 else 0
+        cached = cached if cached and cached > 0 else 0
+        creation = creation if creation and creation > 0 else 0
+        creation_1h = creation_1h if creation_1h and creation_1h > 0 else 0
+        if self.fallback is not None:
+            return cost_pico(*self.fallback, prompt, completion, cached, creation, creation_1h,
+                             at_ms=at_ms)  # fmt: skip
+        if self.static:
+            _, starts, by_bracket = self.rules[0]
+        else:
+            _, starts, by_bracket = self._rule_at(at_ms)
+        coeffs = by_bracket[bisect_left(starts, prompt) if starts else 0]
+        if coeffs is None:
+            return None
+        if len(coeffs) < 7 and creation_1h:  # an entry stored before 1-hour writes were priced
+            return cost_pico(*self.fallback_key, prompt, completion, cached, creation,
+                             creation_1h, at_ms=at_ms)  # fmt: skip
+        cached = min(cached, prompt)
+        creation = min(creation, prompt - cached)
+        creation_1h = min(creation_1h, creation)
+        base, read_delta, write_delta, output, per_request, scale = coeffs[:6]
+        scaled = (
+            base * prompt + read_delta * cached + write_delta * creation + output * completion
+            + per_request + (coeffs[6] * creation_1h if creation_1h else 0)
+        )  # fmt: skip
+        pico, rest = divmod(scaled * _PICO_PER_MICRO, scale)
+        if 2 * rest > scale or (2 * rest == scale and pico & 1):
+            pico += 1
+        return pico
 
     def _rule_at(self, at_ms: int | None) -> tuple:
         if at_ms is None:
@@ -359,25 +436,49 @@ class _Pricer:
         requests: int,
     ) -> float | None:
         """USD rounded half-even to 6 decimals, like `round(Decimal, 6)`."""
-        # Cache tokens are subsets of the prompt; clamp bad rows instead of
-        # pricing a negative number of uncached tokens.
-        cached = min(cached, prompt)
-        creation = min(creation, prompt - cached)
-        coeffs = self._coefficients(self._price_at(at_ms), tier_prompt)
-        if coeffs is None:
+        found = self.scaled(
+            prompt, completion, cached, creation, 0,
+            at_ms=at_ms, tier_prompt=tier_prompt, requests=requests,
+        )  # fmt: skip
+        if found is None:
             return None
-        base, read_delta, write_delta, output, per_request, scale = coeffs
-        scaled = (
-            base * prompt
-            + read_delta * cached
-            + write_delta * creation
-            + output * completion
-            + per_request * requests
-        )
+        scaled, scale = found
         micro, rest = divmod(scaled, scale)
         if 2 * rest > scale or (2 * rest == scale and micro & 1):
             micro += 1
         return micro / _MICRO
+
+    def scaled(
+        self,
+        prompt: int,
+        completion: int,
+        cached: int,
+        creation: int,
+        creation_1h: int,
+        *,
+        at_ms: int | None,
+        tier_prompt: int,
+        requests: int,
+    ) -> tuple[int, int] | None:
+        """(micro-USD × scale, scale): the exact cost as a fraction."""
+        # Cache tokens are subsets of the prompt (1-hour writes of the
+        # writes); clamp bad rows instead of pricing negative token counts.
+        cached = min(cached, prompt)
+        creation = min(creation, prompt - cached)
+        creation_1h = min(creation_1h, creation)
+        coeffs = self._coefficients(self._price_at(at_ms), tier_prompt)
+        if coeffs is None:
+            return None
+        base, read_delta, write_delta, output, per_request, scale, write_1h_delta = coeffs
+        scaled = (
+            base * prompt
+            + read_delta * cached
+            + write_delta * creation
+            + write_1h_delta * creation_1h
+            + output * completion
+            + per_request * requests
+        )
+        return scaled, scale
 
     def _price_at(self, at_ms: int | None) -> Any:
         if self.static_price is not None:
@@ -436,14 +537,16 @@ def _linear_coeffs(price: Any, input_tokens: int) -> _Coeffs | None:
         read = total(input_tokens=_PROBE, cache_read_tokens=_PROBE) - per_request - base
         write = total(input_tokens=_PROBE, cache_write_tokens=_PROBE) - per_request - base
         output = total(output_tokens=_PROBE) - per_request
+        both = {"input_tokens": _PROBE, "cache_write_tokens": _PROBE}
+        write_1h = total(**both, cache_write_1h_tokens=_PROBE) - total(**both)
     except ValueError:
         return None  # a price entry genai-prices itself rejects: treat as unknown
     # Token coefficients are USD per million tokens, i.e. micro-USD per token;
     # scale everything to integers so each row is exact integer arithmetic.
-    micro = (base, read, write, output, per_request * _MICRO)
+    micro = (base, read, write, output, per_request * _MICRO, write_1h)
     scale = 10 ** max(0, *(-value.normalize().as_tuple().exponent for value in micro))
-    b, r, w, o, p = (int(value * scale) for value in micro)
-    return b, r, w, o, p, scale
+    b, r, w, o, p, w1 = (int(value * scale) for value in micro)
+    return b, r, w, o, p, scale, w1
 
 
 def _tier_price(prices: Any, input_tokens: int) -> Decimal:

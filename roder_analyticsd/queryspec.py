@@ -23,7 +23,8 @@ from typing import Any
 
 LIMIT_DEFAULT = 50
 LIMIT_CAP = 1000
-GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace", "agent")
+AGENTS = ("roder", "claude-code")  # whose logs a row came from
 ORDERS = ("asc", "desc")
 TOOL_SORTS = ("calls", "p95", "errors", "underused")
 SESSION_SORTS = ("recent", "tokens", "cost", "calls")
@@ -61,6 +62,7 @@ class FilterOptions:
     provider: str | None = None
     model: str | None = None
     workspace: str | None = None
+    agent: str | None = None  # roder | claude-code; None: every agent
     limit: int = LIMIT_DEFAULT
     timezone: str = "UTC"
 
@@ -89,6 +91,8 @@ class FilterOptions:
         since, until = bounds["since"], bounds["until"]
         if since is not None and until is not None and since >= until:
             raise UsageError("--since must be earlier than --until")
+        if self.agent is not None:
+            _choice("agent", self.agent, AGENTS)
         return Filters(
             since_ms=since,
             until_ms=until,
@@ -97,6 +101,7 @@ class FilterOptions:
             provider=self.provider,
             model=self.model,
             workspace=self.workspace,
+            agent=self.agent,
             limit=self.limit,
             tz=tz,
         )

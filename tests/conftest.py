@@ -34,6 +34,13 @@ SAMPLE_DIR = SAMPLES / "roder-data"
 EXPECTED_PATH = SAMPLES / "expected.json"
 
 
+@pytest.fixture(autouse=True)
+def no_real_claude_logs(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Never read this machine's own Claude Code logs: every test, and every
+    subprocess it starts, sees an empty CLAUDE_CONFIG_DIR unless it sets one."""
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path_factory.mktemp("no-claude")))
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip a test whose real dependency (a browser, a database server) is
     missing here; under CI=true that is a failure, so such tests always run in CI."""

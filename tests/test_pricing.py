@@ -271,9 +271,11 @@ def _stored_entries() -> None:
     at_ms=st.one_of(
         st.integers(1_704_067_200_000, 1_830_297_600_000),
         # around DeepSeek's off-peak edges (00:30 / 16:30 UTC) and midnight
-        st.integers(0, 1500).flatmap(lambda day: st.sampled_from(
-            [0, 1_799_999, 1_800_000, 1_800_001, 59_399_999, 59_400_000, 86_399_999]
-        ).map(lambda ms, day=day: 1_704_067_200_000 + day * 86_400_000 + ms)),
+        st.integers(0, 1500).flatmap(
+            lambda day: st.sampled_from(
+                [0, 1_799_999, 1_800_000, 1_800_001, 59_399_999, 59_400_000, 86_399_999]
+            ).map(lambda ms, day=day: 1_704_067_200_000 + day * 86_400_000 + ms)
+        ),
     ),
 )
 def test_stored_entries_price_exactly_as_cost_usd(model, usage, at_ms) -> None:

@@ -338,8 +338,7 @@ def test_a_turn_ingested_by_the_daemon_appears_within_2_s(browser, tmp_path):
                 fh.write(_turn_lines(HOSTILE_THREAD, "turn-live-1", int(time.time() * 1000)))
             began = time.monotonic()
             page.wait_for_function(
-                "want => document.querySelector('[data-metric=turnCount]').dataset.value"
-                " === want",
+                "want => document.querySelector('[data-metric=turnCount]').dataset.value === want",
                 arg=str(before["turnCount"] + 1),
                 timeout=2000,
                 polling=20,

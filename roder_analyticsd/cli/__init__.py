@@ -6,6 +6,7 @@ Heavy modules are imported inside commands so `--help` starts fast.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import sys
@@ -34,12 +35,20 @@ from roder_analyticsd.cli.common import (
 @click.option(
     "--best-effort", is_flag=True, help="Report and skip corrupt lines instead of failing."
 )
+@click.option(
+    "--claude-dir",
+    "claude_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A Claude Code root to read (repeatable; default: $CLAUDE_CONFIG_DIR, else "
+    "~/.config/claude and ~/.claude).",
+)
 @data_options
 @click.version_option(__version__, prog_name="roder-analyticsd")
 @click.pass_context
 def main(
     ctx: click.Context, once: bool, rebuild: bool, best_effort: bool,
-    data_dir: Path | None, store: Path | None, as_json: bool,
+    claude_dirs: tuple[Path, ...], data_dir: Path | None, store: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Private, long-term usage analytics for the Roder coding agent.
 
@@ -58,6 +67,10 @@ def main(
     if ctx.invoked_subcommand is not None:
         return
     settings = settings_for(data_dir, store)
+    if claude_dirs:
+        settings = dataclasses.replace(
+            settings, claude_dirs=tuple(p.expanduser() for p in claude_dirs)
+        )
     if rebuild and not once:
         raise click.UsageError("--rebuild goes with --once")
     if once:
@@ -70,7 +83,13 @@ def main(
 
 @run_async
 async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None:
-    from roder_analyticsd.live.ingest import Report, StrictModeError, WorkerError, run_once
+    from roder_analyticsd.live.ingest import (
+        Report,
+        SourceError,
+        StrictModeError,
+        WorkerError,
+        run_once,
+    )
     from roder_analyticsd.store.connection import open_store
 
     if not settings.enabled:
@@ -96,6 +115,8 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
             # a rebuild is rolled back whole: nothing of it was kept
             lost = "a worker process stopped unexpectedly; the store is unchanged"
             raise Failure(lost if rebuild else str(exc)) from None
+        except SourceError as exc:
+            raise click.UsageError(str(exc)) from None
     finally:
         await conn.close()
     if as_json:

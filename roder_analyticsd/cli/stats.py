@@ -23,6 +23,7 @@ from roder_analyticsd.cli.common import (
     settings_for,
 )
 from roder_analyticsd.queryspec import (  # click-free and import-light
+    AGENTS,
     GROUPS,
     LIMIT_CAP,
     LIMIT_DEFAULT,
@@ -68,6 +69,11 @@ def query_options(func: F) -> F:
         click.option("--model", metavar="NAME", help="Only turns on this model."),
         click.option("--workspace", metavar="LABEL", help="Only this workspace (label or key)."),
         click.option(
+            "--agent",
+            type=click.Choice(AGENTS),
+            help="Only rows from this agent's logs (default: every agent).",
+        ),
+        click.option(
             "--limit",
             type=int,
             default=LIMIT_DEFAULT,
@@ -100,6 +106,7 @@ def filter_options(opts: dict[str, Any]):
         provider=opts["provider"],
         model=opts["model"],
         workspace=opts["workspace"],
+        agent=opts.get("agent"),
         limit=opts["limit"],
         timezone=opts["tz_name"],
     )

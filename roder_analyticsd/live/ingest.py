@@ -6,6 +6,7 @@ for its catch-up and for every change the watcher reports.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections import Counter
@@ -23,6 +24,7 @@ from roder_analyticsd.config import Settings
 from roder_analyticsd.live.workers import WorkerDied, WorkerPool
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint, FileIdentity, ParseError, Rows
 from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_files, stages
+from roder_analyticsd.sources import claude_code
 from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
 from roder_analyticsd.sources.roder import discover, read_metadata
 from roder_analyticsd.store.maintenance import (
@@ -135,6 +137,7 @@ def _merge(rows: Rows, more: Rows) -> None:
     rows.activity.extend(more.activity)
     rows.activity_classes.extend(more.activity_classes)
     rows.thread_owners.extend(more.thread_owners)
+    rows.api_calls.extend(more.api_calls)
 
 
 class Ingestor:
@@ -173,15 +176,24 @@ class Ingestor:
         report: Report,
         progress: Callable[[int, int], None] | None = None,
         stop: Callable[[], bool] | None = None,
+        *,
+        agent: str = "roder",
+        name: Callable[[Path], str] | None = None,
     ) -> None:
         """`progress(files_read, files_total)` is called after each events file
         (after each slice of files, when staged in workers). Once `stop()` is
-        true no further file (or slice) is started; what was read is written."""
+        true no further file (or slice) is started; what was read is written.
+        `agent` is the source the files are logs of; `name` how a file is
+        named in checkpoints and reports (default: relative to the data dir)."""
         data_dir = self.settings.data_dir
         chain = stages(self.settings.workspace_labels)
-        # (the live daemon never stages in workers: no extra stat per file)
-        pending = [] if self.worker_min_bytes is None else _pending_bytes(events, self.checkpoints)
-        in_workers = self.worker_min_bytes is not None and (
+        if name is None:
+            name = functools.partial(relative, data_dir=data_dir)
+        # (the live daemon never stages in workers: no extra stat per file;
+        # other agents' logs are staged here)
+        staged_here = self.worker_min_bytes is None or agent != "roder"
+        pending = [] if staged_here else _pending_bytes(events, self.checkpoints)
+        in_workers = not staged_here and (
             sum(item.size for item in pending) >= self.worker_min_bytes
         )
 
@@ -199,10 +211,11 @@ class Ingestor:
                 for done, path in enumerate(events, 1):
                     if stop is not None and stop():
                         return
-                    outcome = FileRead(relative(path, data_dir))
+                    outcome = FileRead(name(path))
                     for batch in read_new_lines(
                         path, data_dir, self.checkpoints, outcome, max_bytes=self.file_budget
                     ):
+                        batch.agent = agent
                         await send.send(batch)
                     _account(outcome, report)
                     if outcome.more:
@@ -305,20 +318,24 @@ class Ingestor:
     async def _write(self, group: list[Batch], report: Report) -> None:
         if not group:
             return
-        rows = Rows()
-        checkpoints: list[Checkpoint] = []
-        for batch in group:
-            _merge(rows, batch.rows)
-            checkpoints.extend(batch.checkpoints)
-        await write_rows(self.conn, rows, checkpoints)
-        for cp in checkpoints:
-            self.checkpoints[cp.identity.key] = cp
+        # one transaction per agent: a batch's rows and checkpoints stay together
+        agents = list(dict.fromkeys(batch.agent for batch in group))
+        for agent in agents:
+            rows = Rows()
+            checkpoints: list[Checkpoint] = []
+            for batch in group:
+                if batch.agent == agent:
+                    _merge(rows, batch.rows)
+                    checkpoints.extend(batch.checkpoints)
+            await write_rows(self.conn, rows, checkpoints, agent)
+            for cp in checkpoints:
+                self.checkpoints[cp.identity.key] = cp
+            for callback in self.on_batch_written:
+                callback(rows, checkpoints)
         for batch in group:
             report.lines_ingested += batch.lines_ingested
             report.parse_errors.extend(batch.errors)
             report.unknown_kinds.update(batch.unknown_kinds)
-        for callback in self.on_batch_written:
-            callback(rows, checkpoints)
 
 
 def _account(outcome: FileRead, report: Report) -> None:
@@ -408,6 +425,7 @@ async def run_once(
     the commit. Its price: the WAL holds the whole rebuild until then.
     """
     report = Report()
+    claude_roots = claude_code_roots(settings)  # a missing required root: before any change
     events, metadata = discover(settings.data_dir)
     ingestor = Ingestor(conn, settings, strict=strict)
     async with bulk_load(ingestor), _all_or_nothing(conn, rebuild):
@@ -415,8 +433,40 @@ async def run_once(
             await clear_analytics(conn)
         await ingestor.start()  # the checkpoints: none left after a clear
         await ingestor.ingest(events, metadata, report, progress)
+        await ingest_claude_code(ingestor, claude_roots, report)
         await finish(conn, settings, report)
     return report
+
+
+class SourceError(Exception):
+    """A source that must be read (`claude_code = true`) is not there."""
+
+
+def claude_code_roots(settings: Settings) -> list[Path]:
+    """The Claude Code roots to read: none when disabled; `--claude-dir`
+    or the default roots, those that exist (all must, when required)."""
+    mode = settings.claude_code
+    if mode is False:
+        return []
+    wanted = list(settings.claude_dirs) or claude_code.default_roots()
+    found = claude_code.existing_roots(wanted)
+    if mode is True and not found:
+        raise SourceError(
+            "claude_code = true but no Claude Code logs found under "
+            + ", ".join(str(p) for p in wanted)
+        )
+    return found
+
+
+async def ingest_claude_code(ingestor: Ingestor, roots: list[Path], report: Report) -> None:
+    """Every Claude Code log under these roots, through the same chain."""
+    if not roots:
+        return
+    paths = [path for root in roots for path in claude_code.discover(root)]
+    await ingestor.ingest(
+        paths, [], report, agent=claude_code.AGENT,
+        name=functools.partial(claude_code.checkpoint_path, roots=roots),
+    )  # fmt: skip
 
 
 @asynccontextmanager

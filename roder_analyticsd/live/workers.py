@@ -35,9 +35,7 @@ class Worker:
 
     def __init__(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
-        )
+        env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])])
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and code
             [sys.executable, "-c", WORKER_CODE],
             stdin=subprocess.PIPE,

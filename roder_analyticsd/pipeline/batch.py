@@ -77,10 +77,14 @@ class Rows:
     activity: list[tuple] = field(default_factory=list)
     activity_classes: list[tuple] = field(default_factory=list)
     thread_owners: list[tuple] = field(default_factory=list)
+    # Claude Code's API calls (token_usage rows with their own model; see
+    # pipeline/claude_code.py)
+    api_calls: list[tuple] = field(default_factory=list)
 
     def count(self) -> int:
         return (
-            len(self.sessions)
+            len(self.api_calls)
+            + len(self.sessions)
             + len(self.turns)
             + len(self.tool_calls)
             + len(self.token_usage)
@@ -94,6 +98,7 @@ class Batch:
     """One unit of work; each stage fills in what the next one needs."""
 
     # from the source
+    agent: str = "roder"  # whose log format: roder | claude-code (picks the decoder)
     path: str = ""
     first_line_no: int = 1  # 1-based number of lines[0]
     lines: list[bytes] = field(default_factory=list)

@@ -14,10 +14,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from roder_analyticsd.pipeline import claude_code as claude_stages
 from roder_analyticsd.pipeline.attribute import attribute
 from roder_analyticsd.pipeline.batch import Batch, Checkpoint
 from roder_analyticsd.pipeline.project import project
 from roder_analyticsd.pipeline.redact import WorkspaceLabels, redact
+from roder_analyticsd.sources import claude_code
 from roder_analyticsd.sources.files import FileRead, read_new_lines, relative
 from roder_analyticsd.sources.roder import decode
 
@@ -28,8 +30,23 @@ Consumer = Callable[[ObjectReceiveStream[Batch]], Awaitable[None]]
 STREAM_BUFFER = 4
 
 
+def _by_agent(roder: Stage, claude: Stage) -> Stage:
+    """One stage of the chain, for whichever source the batch came from."""
+
+    def stage(batch: Batch) -> Batch:
+        return claude(batch) if batch.agent == claude_code.AGENT else roder(batch)
+
+    stage.__name__ = roder.__name__
+    return stage
+
+
+_decode = _by_agent(decode, claude_code.decode)
+_attribute = _by_agent(attribute, claude_stages.attribute)
+_project = _by_agent(project, claude_stages.project)
+
+
 def stages(workspace_labels: WorkspaceLabels) -> list[Stage]:
-    return [decode, functools.partial(redact, mode=workspace_labels), attribute, project]
+    return [_decode, functools.partial(redact, mode=workspace_labels), _attribute, _project]
 
 
 def run_stages(batch: Batch, chain: Sequence[Stage]) -> Batch:

@@ -148,8 +148,17 @@ def read_new_lines(
         handle.seek(max(offset - 1, 0))
         inside_runaway = offset > 0 and handle.read(1) != b"\n"
         yield from _chunks(
-            handle, rel, identity, offset, line_no, fp_len, fp_hash, chunk_lines, max_bytes,
-            outcome, inside_runaway,
+            handle,
+            rel,
+            identity,
+            offset,
+            line_no,
+            fp_len,
+            fp_hash,
+            chunk_lines,
+            max_bytes,
+            outcome,
+            inside_runaway,
         )
         # a renamed (archived) file with nothing new still records its new path
         if known is not None and known.path != rel and offset == st.st_size:
@@ -215,8 +224,10 @@ def _chunks(
             start += len(take)
             pending.extend(take)
             pending_bytes += sum(map(len, take))
-            if len(pending) >= chunk_lines or pending_bytes >= chunk_bytes or (
-                budget is not None and start < len(parts)
+            if (
+                len(pending) >= chunk_lines
+                or pending_bytes >= chunk_bytes
+                or (budget is not None and start < len(parts))
             ):
                 emitted = pending_bytes + len(pending)
                 yield emit()

@@ -40,7 +40,8 @@ FROM (
            coalesce(sum(duration_ms), 0), 0, 0, 0, 0, 0
     FROM tool_calls WHERE at_ms >= :lo AND at_ms < :hi GROUP BY 2
     UNION ALL
-    SELECT 'model', coalesce(t.provider, '(unknown)') || '/' || coalesce(t.model, '(unknown)'),
+    SELECT 'model', coalesce(u.provider, t.provider, '(unknown)') || '/'
+           || coalesce(u.model, t.model, '(unknown)'),
            0, 0, 0, 0, sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens),
            sum(u.cached_prompt_tokens), sum(u.cache_creation_prompt_tokens)
     FROM token_usage u LEFT JOIN turns t ON t.thread_id = u.thread_id AND t.turn_id = u.turn_id
@@ -202,6 +203,9 @@ async def keep_price_entries(
             pass  # unreadable: made again
     sql = (
         "SELECT DISTINCT provider, model FROM turns"
+        " WHERE provider IS NOT NULL AND model IS NOT NULL"
+        # a Claude Code call names its own model
+        " UNION SELECT provider, model FROM token_usage"
         " WHERE provider IS NOT NULL AND model IS NOT NULL"
     )
     async with conn.execute(sql) as cur:

@@ -22,11 +22,12 @@ thousand. With a small window or a turn/session filter, SQLite sorts the
 matching durations once and the ranks are picked while streaming them. No
 list of durations is ever built in Python.
 
-Costs are priced per token row (per turn: price tiers depend on a turn's own
-prompt size, and the price in force at its time), in integer micro-dollars,
-then summed over the rows whose model has a known price; `unpricedTurnCount`
-counts the rows that have none. `costUsd` is None only when rows exist and
-none is priced (never a made-up 0); a group with no token rows costs 0.
+Costs are priced per token row (per turn, or per Claude Code API call: price
+tiers depend on a row's own prompt size, and the price in force at its time),
+exactly in integer pico-dollars, then summed over the rows whose model has a
+known price; `unpricedTurnCount` counts the rows that have none. `costUsd` is
+None only when rows exist and none is priced (never a made-up 0); a group
+with no token rows costs 0.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from roder_analyticsd.store.maintenance import PRICE_ENTRIES_KEY
 UNKNOWN = "(unknown)"
 UTC = ZoneInfo("UTC")
 PERCENTILES = (50, 95, 99)
-GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace")
+GROUPS = ("day", "week", "month", "session", "provider", "model", "workspace", "agent")
 TIME_GROUPS = ("day", "week", "month")  # listed in time order; the others by totalTokens
 ORDERS = ("asc", "desc")
 TOOL_SORTS = ("calls", "p95", "errors", "underused")
@@ -72,6 +73,7 @@ class Filters:
     provider: str | None = None
     model: str | None = None
     workspace: str | None = None
+    agent: str | None = None  # roder | claude-code (None: every agent)
     limit: int = 50
     tz: tzinfo = field(default=UTC)
 
@@ -84,6 +86,7 @@ class Filters:
             "provider": self.provider,
             "model": self.model,
             "workspace": self.workspace,
+            "agent": self.agent,
         }
 
     @property
@@ -160,11 +163,23 @@ def tool_source(f: Filters, *, narrow: bool = False) -> Source:
         )
     if f.workspace is not None:
         clauses.append(f"c.thread_id IN (SELECT s.thread_id FROM sessions s WHERE {_WORKSPACE})")
+    if f.agent is not None:
+        clauses.append("c.agent = :agent")
     return Source("tool_calls c", _join(clauses))
 
 
 def _semi_joined(f: Filters) -> bool:
-    return f.provider is not None or f.model is not None or f.workspace is not None
+    return (
+        f.provider is not None
+        or f.model is not None
+        or f.workspace is not None
+        or f.agent is not None
+    )
+
+
+# a token row's provider/model: a Claude Code call's own, else its turn's
+TOKEN_PROVIDER = "coalesce(u.provider, t.provider)"
+TOKEN_MODEL = "coalesce(u.model, t.model)"
 
 
 def token_source(f: Filters) -> Source:
@@ -182,11 +197,13 @@ def token_source(f: Filters) -> Source:
     if f.tool is not None:
         clauses.append(_has_tool("u"))
     if f.provider is not None:
-        clauses.append("t.provider = :provider")
+        clauses.append(f"{TOKEN_PROVIDER} = :provider")
     if f.model is not None:
-        clauses.append("t.model = :model")
+        clauses.append(f"{TOKEN_MODEL} = :model")
     if f.workspace is not None:
         clauses.append(_WORKSPACE)
+    if f.agent is not None:
+        clauses.append("u.agent = :agent")
     return Source(tables, _join(clauses))
 
 
@@ -207,6 +224,8 @@ def turn_source(f: Filters) -> Source:
     if f.workspace is not None:
         tables += " JOIN sessions s ON s.thread_id = t.thread_id"
         clauses.append(_WORKSPACE)
+    if f.agent is not None:
+        clauses.append("t.agent = :agent")
     return Source(tables, _join(clauses))
 
 
@@ -228,6 +247,8 @@ def session_source(f: Filters) -> Source:
         clauses.append("s.model = :model")
     if f.workspace is not None:
         clauses.append(_WORKSPACE)
+    if f.agent is not None:
+        clauses.append("s.agent = :agent")
     return Source("sessions s", _join(clauses))
 
 
@@ -317,15 +338,17 @@ class Cost:
         "cached",
         "creation",
         "turns",
-        "micro",
+        "pico",
         "unpriced",
     )
 
     def __init__(self) -> None:
         self.prompt = self.completion = self.total = self.cached = self.creation = 0
-        self.turns = self.micro = self.unpriced = 0
+        self.turns = self.pico = self.unpriced = 0
 
-    def add(self, provider, model, at_ms, prompt, completion, total, cached, creation) -> None:
+    def add(
+        self, provider, model, at_ms, prompt, completion, total, cached, creation, creation_1h=0
+    ) -> None:  # fmt: skip
         self.prompt += prompt
         self.completion += completion
         self.total += total
@@ -333,26 +356,31 @@ class Cost:
         self.creation += creation
         self.turns += 1
         price = price_of(provider, model)
-        micro = None if price is None else price.micro(at_ms, prompt, completion, cached, creation)
-        if micro is None:
+        pico = (
+            None
+            if price is None
+            else price.pico(at_ms, prompt, completion, cached, creation, creation_1h)
+        )
+        if pico is None:
             self.unpriced += 1
         else:
-            self.micro += micro
+            self.pico += pico  # exact: rows are summed unrounded, in pico-dollars
 
     @property
     def usd(self) -> float | None:
         """The sum over priced rows; None only when every row is unpriced."""
         if self.unpriced and self.unpriced == self.turns:
             return None
-        return self.micro / 1_000_000
+        return self.pico / 1_000_000_000_000
 
     def cost_fields(self) -> dict[str, Any]:
         return {"costUsd": self.usd, "unpricedTurnCount": self.unpriced}
 
 
 _TOKEN_COLUMNS = (
-    "t.provider, t.model, u.recorded_at_ms, u.prompt_tokens, u.completion_tokens,"
-    " u.total_tokens, u.cached_prompt_tokens, u.cache_creation_prompt_tokens"
+    f"{TOKEN_PROVIDER}, {TOKEN_MODEL}, u.recorded_at_ms, u.prompt_tokens, u.completion_tokens,"
+    " u.total_tokens, u.cached_prompt_tokens, u.cache_creation_prompt_tokens,"
+    " u.cache_creation_1h_prompt_tokens"
 )
 
 
@@ -519,9 +547,10 @@ def _group_key(group: str, tz: tzinfo) -> tuple[str, Callable[[Any], str] | None
         return "u.recorded_at_ms", lambda ms: bucket(ms, tz)
     column = {
         "session": "u.thread_id",
-        "provider": "t.provider",
-        "model": "t.model",
+        "provider": TOKEN_PROVIDER,
+        "model": TOKEN_MODEL,
         "workspace": "s.workspace_label",
+        "agent": "u.agent",
     }[group]
     return f"coalesce({column}, '{UNKNOWN}')", None
 
@@ -847,6 +876,10 @@ async def activity_counts(
                 " WHERE workspace_label = ? OR workspace_key = ?)"
             )
             params += [f.workspace, f.workspace]
+        if f.agent is not None:
+            # activity rows take their agent from their thread's session
+            claude = "thread_id IN (SELECT thread_id FROM sessions WHERE agent = 'claude-code')"
+            clauses.append(claude if f.agent == "claude-code" else f"NOT ({claude})")
         limit = f.limit
     where = " AND ".join(clauses) or "1"
     rows = await _all(

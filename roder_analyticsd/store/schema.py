@@ -142,6 +142,29 @@ MIGRATION_4 = (
 )
 
 
+# 5: a second source (Claude Code, see claude-code.md): the agent of every
+# row, and what a Claude Code API call knows beyond a Roder turn's usage.
+# `activity` rows take their agent from their thread's session row.
+MIGRATION_5 = """
+    ALTER TABLE sessions ADD COLUMN agent TEXT NOT NULL DEFAULT 'roder';
+    ALTER TABLE turns ADD COLUMN agent TEXT NOT NULL DEFAULT 'roder';
+    ALTER TABLE tool_calls ADD COLUMN agent TEXT NOT NULL DEFAULT 'roder';
+    ALTER TABLE token_usage ADD COLUMN agent TEXT NOT NULL DEFAULT 'roder';
+    -- a call's own provider/model (NULL: the turn's, as for Roder's rows)
+    ALTER TABLE token_usage ADD COLUMN provider TEXT;
+    ALTER TABLE token_usage ADD COLUMN model TEXT;
+    -- the 1-hour part of cache_creation_prompt_tokens (priced differently)
+    ALTER TABLE token_usage ADD COLUMN cache_creation_1h_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+    -- a Claude Code call's message id, and whether a sidechain line gave it:
+    -- a sidechain copy of a message a non-sidechain line has is no call of its own
+    ALTER TABLE token_usage ADD COLUMN message_id TEXT;
+    ALTER TABLE token_usage ADD COLUMN is_sidechain INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX token_usage_message ON token_usage (message_id) WHERE message_id IS NOT NULL;
+"""
+
+AGENTS = ("roder", "claude-code")
+
+
 MIGRATIONS: list[str] = [
     # 1: the analytics tables, checkpoints, attribution, rollups
     """
@@ -322,6 +345,7 @@ MIGRATIONS: list[str] = [
     """
     + LOCAL_V2_VIEW,
     MIGRATION_4,
+    MIGRATION_5,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

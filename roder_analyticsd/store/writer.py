@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import aiosqlite
 
 from roder_analyticsd.pipeline.batch import Checkpoint, Rows
-from roder_analyticsd.store.schema import DAY_MS
+from roder_analyticsd.store.schema import AGENTS, DAY_MS
 from roder_analyticsd.store.transaction import transaction
 
 
@@ -153,6 +153,60 @@ def path_from_store(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+def tagged(sql: str, agent: str) -> str:
+    """An upsert that also sets the row's `agent` (on insert: a row keeps the
+    agent that first wrote it). Roder's rows take the column's default."""
+    if agent not in AGENTS:
+        raise ValueError(f"unknown agent {agent!r}")
+    head, rest = sql.split(")\nVALUES (", 1)
+    values, tail = rest.split("\nON CONFLICT", 1)
+    values = values.rstrip()
+    assert values.endswith(")"), sql
+    return f"{head}, agent)\nVALUES ({values[:-1]}, '{agent}')\nON CONFLICT{tail}"
+
+
+# A Claude Code API call (pipeline/claude_code.py: call_rank is this order).
+# A sidechain copy of a message id that a non-sidechain row holds is not
+# inserted, and such copies are deleted when the non-sidechain row comes:
+# either arrival order ends with the same rows.
+_CALL_RANK = (
+    "(-{p}is_sidechain, {p}total_tokens, {p}recorded_at_ms, {p}completion_tokens,"
+    " COALESCE({p}model, ''))"
+)
+UPSERT_API_CALL = """
+INSERT INTO token_usage (thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
+                         total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,
+                         cache_creation_1h_prompt_tokens, provider, model, message_id,
+                         is_sidechain, agent)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'claude-code'
+WHERE NOT (?13 = 1 AND ?12 IS NOT NULL AND EXISTS (
+    SELECT 1 FROM token_usage x WHERE x.message_id = ?12 AND x.is_sidechain = 0
+                                  AND NOT (x.thread_id = ?1 AND x.turn_id = ?2)))
+ON CONFLICT (thread_id, turn_id) DO UPDATE SET
+    recorded_at_ms = excluded.recorded_at_ms,
+    prompt_tokens = excluded.prompt_tokens,
+    completion_tokens = excluded.completion_tokens,
+    total_tokens = excluded.total_tokens,
+    cached_prompt_tokens = excluded.cached_prompt_tokens,
+    cache_creation_prompt_tokens = excluded.cache_creation_prompt_tokens,
+    cache_creation_1h_prompt_tokens = excluded.cache_creation_1h_prompt_tokens,
+    provider = excluded.provider,
+    model = excluded.model,
+    message_id = excluded.message_id,
+    is_sidechain = excluded.is_sidechain
+WHERE {excluded} > {stored}
+""".format(excluded=_CALL_RANK.format(p="excluded."), stored=_CALL_RANK.format(p=""))
+_SIDECHAIN_COPIES = """
+SELECT u.recorded_at_ms FROM json_each(?) k
+JOIN token_usage u ON u.message_id = k.value ->> 0 AND u.is_sidechain = 1
+WHERE NOT (u.thread_id = k.value ->> 1 AND u.turn_id = k.value ->> 2)
+"""
+DELETE_SIDECHAIN_COPY = """
+DELETE FROM token_usage WHERE message_id = ?1 AND is_sidechain = 1
+                          AND NOT (thread_id = ?2 AND turn_id = ?3)
+"""
+
+
 def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tuple]:
     latest: dict[str, Checkpoint] = {}
     for cp in checkpoints:
@@ -165,7 +219,10 @@ def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tup
 
 
 async def write_rows(
-    conn: aiosqlite.Connection, rows: Rows, checkpoints: Iterable[Checkpoint]
+    conn: aiosqlite.Connection,
+    rows: Rows,
+    checkpoints: Iterable[Checkpoint],
+    agent: str = "roder",
 ) -> None:
     """Write one batch and its checkpoints in a single transaction.
 
@@ -175,11 +232,19 @@ async def write_rows(
     """
     async with transaction(conn):
         days = await touched_days(conn, rows)  # reads the stamps the upserts replace
+        # non-sidechain calls that replace sidechain copies of their message
+        owners = [(r[11], r[0], r[1]) for r in rows.api_calls if r[11] is not None and not r[12]]
+        if owners:
+            async with conn.execute(_SIDECHAIN_COPIES, (json.dumps(owners),)) as cur:
+                days.update(row[0] // DAY_MS for row in await cur.fetchall())
+        statements = _STATEMENTS.get(agent) or _statements(agent)
         for sql, params in (
-            (UPSERT_SESSION, rows.sessions),
-            (UPSERT_TURN, rows.turns),
-            (UPSERT_TOOL_CALL, rows.tool_calls),
+            (statements[0], rows.sessions),
+            (statements[1], rows.turns),
+            (statements[2], rows.tool_calls),
             (UPSERT_TOKEN_USAGE, rows.token_usage),
+            (UPSERT_API_CALL, rows.api_calls),
+            (DELETE_SIDECHAIN_COPY, owners),
             (INSERT_ACTIVITY_CLASS, list(dict.fromkeys(rows.activity_classes))),
             (INSERT_ACTIVITY, rows.activity),
             (UPSERT_THREAD_OWNER, rows.thread_owners),
@@ -188,6 +253,18 @@ async def write_rows(
         ):
             if params:
                 await conn.executemany(sql, params)
+
+
+_STATEMENTS: dict[str, tuple[str, str, str]] = {}
+
+
+def _statements(agent: str) -> tuple[str, str, str]:
+    if agent == "roder":
+        found = (UPSERT_SESSION, UPSERT_TURN, UPSERT_TOOL_CALL)
+    else:
+        found = tuple(tagged(sql, agent) for sql in (UPSERT_SESSION, UPSERT_TURN, UPSERT_TOOL_CALL))
+    _STATEMENTS[agent] = found
+    return found
 
 
 # The stored stamps that place a batch's rows on days, looked up by turn:
@@ -253,6 +330,7 @@ async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[int]:
     threads = {r[0] for r in rows.tool_calls}
     threads.update(r[0] for r in rows.turns)
     threads.update(r[0] for r in rows.token_usage)
+    threads.update(r[0] for r in rows.api_calls)
     stored_threads = await _stored_threads(conn, threads) if threads else set()
     tool_rows = rows.tool_calls
     stamps = {r[4] for r in tool_rows if r[4] is not None}
@@ -272,8 +350,10 @@ async def touched_days(conn: aiosqlite.Connection, rows: Rows) -> set[int]:
     stamps.update(ends_only.values())  # no start anywhere: its completion's day
 
     turn_keys = {r[:2] for r in rows.turns} | {r[:2] for r in rows.token_usage}
+    turn_keys.update(r[:2] for r in rows.api_calls)
     stamps.update(r[3] for r in rows.turns if r[3] is not None)
     stamps.update(r[2] for r in rows.token_usage)
+    stamps.update(r[2] for r in rows.api_calls)
     turn_keys = {key for key in turn_keys if key[0] in stored_threads}
     for _key, start, recorded in await _stored(conn, _TURN_STAMPS, sorted(turn_keys)):
         stamps.update(at for at in (start, recorded) if at is not None)

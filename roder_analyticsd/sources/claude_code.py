@@ -1,0 +1,398 @@
+"""Claude Code's logs: where they are (discovery), what a line is (typed
+views of only the fields we project) and the decode stage (bytes → facts).
+
+Claude Code keeps one JSONL file per session under
+`<root>/projects/<project-dir>/<session-id>.jsonl`, and its subagents' (and
+side questions') under `<session-id>/subagents/*.jsonl`. The files are
+tailed like Roder's (`sources/files.py`): complete lines once, from
+crash-exact checkpoints.
+
+Private by construction: msgspec skips every field a Struct does not
+declare, so message text, tool inputs, tool results, `toolUseResult` and
+summaries are parsed past without ever becoming Python objects. A
+message's `content` is kept as raw bytes (a view, never a str) until we
+know it is a list of blocks, and blocks are decoded as type/id/name/
+tool_use_id/is_error only. `cwd` is decoded: it becomes the session's
+workspace, redacted by the shared redact stage like Roder's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from roder_analyticsd.pipeline.batch import Batch, ParseError
+from roder_analyticsd.sources.roder import ThreadMetadata
+from roder_analyticsd.timewindow import rfc3339_to_ms
+
+AGENT = "claude-code"
+PROVIDER = "anthropic"
+SYNTHETIC = "<synthetic>"
+PROJECTS = "projects"
+SUBAGENTS = "subagents"
+# a file's checkpoint path: "claude-code:<root number>/<path under the root>"
+PATH_PREFIX = AGENT + ":"
+
+
+# --- discovery ---------------------------------------------------------------
+
+
+def default_roots(env: dict[str, str] | None = None, home: Path | None = None) -> list[Path]:
+    """Every entry of $CLAUDE_CONFIG_DIR (comma-separated), else both
+    ~/.config/claude and ~/.claude."""
+    env = os.environ if env is None else env
+    configured = [p.strip() for p in env.get("CLAUDE_CONFIG_DIR", "").split(",") if p.strip()]
+    if configured:
+        return [Path(p).expanduser() for p in configured]
+    home = Path.home() if home is None else home
+    return [home / ".config" / "claude", home / ".claude"]
+
+
+def existing_roots(roots: Iterable[Path]) -> list[Path]:
+    """The roots that hold a projects/ dir, each once (symlinked twins too)."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root in roots:
+        try:
+            st = os.stat(root / PROJECTS)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append(root)
+    return out
+
+
+def _sorted_entries(path: Path) -> list[os.DirEntry]:
+    try:
+        return sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_log(entry: os.DirEntry) -> bool:
+    try:
+        return entry.name.endswith(".jsonl") and entry.is_file()
+    except OSError:
+        return False
+
+
+def discover(root: Path) -> list[Path]:
+    """Every session log and subagent log under one root."""
+    found: list[Path] = []
+    for project in _sorted_entries(root / PROJECTS):
+        if not _is_dir(project):
+            continue
+        for entry in _sorted_entries(Path(project.path)):
+            if _is_log(entry):
+                found.append(Path(entry.path))
+            elif _is_dir(entry):
+                found.extend(
+                    Path(sub.path)
+                    for sub in _sorted_entries(Path(entry.path) / SUBAGENTS)
+                    if _is_log(sub)
+                )
+    return found
+
+
+def is_log_path(path: Path, root: Path) -> bool:
+    """Is this path (under `root`) one `discover` would list?"""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    if not parts or parts[0] != PROJECTS or not parts[-1].endswith(".jsonl"):
+        return False
+    return len(parts) == 3 or (len(parts) == 5 and parts[3] == SUBAGENTS)
+
+
+def checkpoint_path(path: Path, roots: list[Path]) -> str:
+    """How a file is named in checkpoints and reports: which root, then the
+    path under it (never the machine's absolute path)."""
+    for number, root in enumerate(roots):
+        try:
+            return f"{PATH_PREFIX}{number}/{path.relative_to(root).as_posix()}"
+        except ValueError:
+            continue
+    return PATH_PREFIX + path.name
+
+
+# --- one line ----------------------------------------------------------------
+
+
+class _Base(msgspec.Struct, gc=False):
+    pass
+
+
+_NO_RAW = msgspec.Raw()
+
+
+class CacheCreation(_Base):
+    ephemeral_5m_input_tokens: int = 0
+    ephemeral_1h_input_tokens: int = 0
+
+
+class Usage(_Base):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation: CacheCreation | None = None
+
+
+class Block(_Base):
+    """A content block: `text`, `input` and `content` are never decoded."""
+
+    type: str | None = None
+    id: str | None = None
+    name: str | None = None
+    tool_use_id: str | None = None
+    is_error: bool | None = None
+
+
+class Message(_Base):
+    id: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    stop_reason: str | None = None
+    # raw JSON bytes: a prompt string is never turned into a str
+    content: msgspec.Raw = _NO_RAW  # empty when absent
+
+
+class NestedLine(_Base, rename="camel"):
+    """A subagent's line streamed inside a progress line's `data.message`."""
+
+    type: str | None = None
+    timestamp: str | None = None
+    request_id: str | None = None
+    uuid: str | None = None
+    message: Message | None = None
+
+
+class ProgressData(_Base, rename="camel"):
+    type: str | None = None
+    agent_id: str | None = None
+    message: NestedLine | None = None
+
+
+class Line(_Base, rename="camel"):
+    type: str | None = None
+    session_id: str | None = None
+    uuid: str | None = None
+    timestamp: str | None = None
+    is_sidechain: bool | None = None
+    request_id: str | None = None
+    cwd: str | None = None
+    message: Message | None = None
+    # only a progress line's data is decoded (other types carry other shapes)
+    data: msgspec.Raw = _NO_RAW
+
+
+_line = msgspec.json.Decoder(Line)
+_blocks = msgspec.json.Decoder(list[Block])
+_progress = msgspec.json.Decoder(ProgressData)
+
+# What decode hands on, one tuple per fact (positional for speed; the
+# field names are below and in pipeline/claude_code.py):
+PROMPT = "prompt"  # (PROMPT, session, uuid, at_ms, sidechain)
+CALL = "call"
+# (CALL, session, call_key, at_ms, model, prompt, completion, cached, creation,
+#  creation_1h, message_id, sidechain, final)
+TOOL_USE = "tool_use"  # (TOOL_USE, session, tool_id, name, at_ms, sidechain)
+TOOL_RESULT = "tool_result"  # (TOOL_RESULT, session, tool_id, at_ms, is_error, sidechain)
+
+_PROJECTED_TYPES = frozenset({"user", "assistant", "progress"})
+_MAX_MESSAGE = 200
+
+
+def _short(exc: Exception) -> str:
+    # msgspec messages name the failing JSON path, never the offending value.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:_MAX_MESSAGE]
+
+
+def _count(value: int | None) -> int:
+    return value if value is not None and value > 0 else 0
+
+
+def _call(
+    out: list, session: str, msg: Message, request_id: str | None, uuid: str | None,
+    at: int, sidechain: bool, line: bytes,
+) -> None:  # fmt: skip
+    usage = msg.usage
+    if usage is None or msg.model == SYNTHETIC:
+        return
+    cached = _count(usage.cache_read_input_tokens)
+    split = usage.cache_creation
+    if split is not None:
+        creation_1h = _count(split.ephemeral_1h_input_tokens)
+        creation = _count(split.ephemeral_5m_input_tokens) + creation_1h
+    else:
+        creation_1h = 0
+        creation = _count(usage.cache_creation_input_tokens)
+    prompt = _count(usage.input_tokens) + creation + cached
+    completion = _count(usage.output_tokens)
+    if not (prompt or completion):
+        return  # an all-zero usage records nothing
+    if msg.id is not None:
+        key = f"{msg.id}:{request_id or ''}"
+    elif uuid is not None:
+        key = f"uuid:{uuid}"
+    else:
+        key = "line:" + hashlib.blake2b(line, digest_size=16).hexdigest()
+    out.append((
+        CALL, session, key, at, msg.model, prompt, completion, cached, creation, creation_1h,
+        msg.id, sidechain, msg.stop_reason is not None,
+    ))  # fmt: skip
+
+
+def _content(
+    out: list, session: str, kind: str | None, msg: Message, uuid: str | None, at: int,
+    sidechain: bool,
+) -> None:  # fmt: skip
+    raw = msg.content
+    head = bytes(memoryview(raw)[:1])
+    if head == b'"':  # a prompt typed as a string: never decoded
+        if kind == "user" and uuid is not None:
+            out.append((PROMPT, session, uuid, at, sidechain))
+        return
+    if head != b"[":
+        return
+    blocks = _blocks.decode(raw)
+    results = 0
+    for block in blocks:
+        if block.type == "tool_use" and block.id is not None:
+            out.append((TOOL_USE, session, block.id, block.name, at, sidechain))
+        elif block.type == "tool_result" and block.tool_use_id is not None:
+            results += 1
+            out.append((TOOL_RESULT, session, block.tool_use_id, at, bool(block.is_error),
+                        sidechain))  # fmt: skip
+    if kind == "user" and uuid is not None and results < len(blocks):
+        out.append((PROMPT, session, uuid, at, sidechain))
+
+
+def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
+    """Decode one complete line into `out`; its session's workspace/model/
+    time facts into `facts`. Returns the line's type (None for a blank
+    line). Raises ValueError for a line that is not a usable JSON object."""
+    if not line or line.isspace():
+        return None
+    try:
+        rec = _line.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ValueError(_short(exc)) from None
+    kind = rec.type
+    if kind not in _PROJECTED_TYPES or rec.session_id is None:
+        return kind or "(none)"
+    session = rec.session_id
+    sidechain = bool(rec.is_sidechain)
+    try:
+        if kind == "progress":
+            if not len(rec.data):
+                return kind
+            data = _progress.decode(rec.data)
+            nested = data.message
+            if data.type != "agent_progress" or nested is None or nested.message is None:
+                return kind
+            if nested.timestamp is None:
+                raise ValueError("progress message without a timestamp")
+            at = rfc3339_to_ms(nested.timestamp)
+            msg = nested.message
+            # a subagent's message, counted once by its ids wherever it appears
+            _call(out, session, msg, nested.request_id, nested.uuid, at, True, line)
+            _content(out, session, nested.type, msg, nested.uuid, at, True)
+            _fact(facts, session, None, msg.model, at)
+            return kind
+        if rec.timestamp is None:
+            raise ValueError("line without a timestamp")
+        at = rfc3339_to_ms(rec.timestamp)
+        msg = rec.message
+        if msg is not None:
+            if kind == "assistant":
+                _call(out, session, msg, rec.request_id, rec.uuid, at, sidechain, line)
+            _content(out, session, kind, msg, rec.uuid, at, sidechain)
+        _fact(facts, session, rec.cwd, msg.model if msg is not None else None, at)
+    except msgspec.DecodeError as exc:
+        raise ValueError(_short(exc)) from None
+    return kind
+
+
+def _fact(facts: dict[str, list], session: str, cwd: str | None, model: str | None, at: int):
+    # [first_at, last_at, cwd_at, cwd, model_at, model]
+    f = facts.get(session)
+    if f is None:
+        f = facts[session] = [at, at, None, None, None, None]
+    elif at < f[0]:
+        f[0] = at
+    elif at > f[1]:
+        f[1] = at
+    if cwd and (f[2] is None or (at, cwd) > (f[2], f[3])):
+        f[2], f[3] = at, cwd
+    if model and model != SYNTHETIC and (f[4] is None or (at, model) > (f[4], f[5])):
+        f[4], f[5] = at, model
+
+
+def decode(batch: Batch) -> Batch:
+    out: list = []
+    facts: dict[str, list] = {}
+    errors: list[ParseError] = []
+    unknown: Counter[str] = Counter()
+    ingested = 0
+    number = batch.first_line_no - 1
+    for line in batch.lines:
+        number += 1
+        try:
+            kind = decode_line(line, out, facts)
+        except ValueError as exc:
+            errors.append(ParseError(batch.path, number, str(exc)))
+            continue
+        if kind is None:
+            continue
+        ingested += 1
+        if kind not in _PROJECTED_TYPES:
+            unknown[kind] += 1
+    return dataclasses.replace(
+        batch,
+        lines=[],  # raw bytes (bodies included) are not kept past the decoder
+        events=out,
+        metadata=[_metadata(session, f) for session, f in facts.items()],
+        errors=batch.errors + errors,
+        unknown_kinds=unknown,
+        lines_ingested=ingested,
+    )
+
+
+def _metadata(session: str, f: list) -> ThreadMetadata:
+    """A session's facts in metadata.json terms, for the shared redact stage
+    (which turns the workspace path into a key and a label)."""
+    return ThreadMetadata(
+        thread_id=session,
+        workspace=f[3],
+        provider=PROVIDER,
+        model=f[5],
+        created_at=_rfc3339(f[0]),
+        updated_at=_rfc3339(f[1]),
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _rfc3339(ms: int) -> str:
+    # integer arithmetic: the redact stage parses it back to exactly `ms`
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
