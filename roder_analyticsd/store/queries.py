@@ -329,7 +329,7 @@ def _nearest_rank(q: int, n: int) -> int:
 
 
 class Cost:
-    """Token sums and a cost in integer micro-dollars for one output group."""
+    """Token sums and a cost in integer pico-dollars (exact) for one output group."""
 
     __slots__ = (
         "prompt",
