@@ -372,3 +372,21 @@ def test_replays_in_any_chunking_change_nothing(tmp_path_factory, baseline, repl
             start = end
             _backfill(data, store, root)
     assert _numbers(store) == baseline
+
+
+def test_impossible_counts_and_times_are_parse_errors(tree):
+    path = _longest_log(tree.root)
+    lines = path.read_bytes().splitlines()
+    calls = [i for i, raw in enumerate(lines) if b'"usage"' in raw]
+    bad_count = json.loads(lines[calls[0]])
+    bad_count["message"]["usage"]["output_tokens"] = 2**40
+    bad_time = json.loads(lines[calls[1]])
+    bad_time["timestamp"] = "0100-01-01T00:00:00Z"
+    lines[calls[0]] = json.dumps(bad_count).encode()
+    lines[calls[1]] = json.dumps(bad_time).encode()
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = tree.once("--best-effort")
+    assert sorted(e["line"] for e in report["parseErrors"]) == [calls[0] + 1, calls[1] + 1]
+    proc = cli("--once", "--rebuild", "--data-dir", tree.data, "--store", tree.store,
+               claude=tree.root, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from roder_analyticsd.bounds import MAX_TOKENS, TokenCount, check_time_ms
 from roder_analyticsd.pipeline.batch import Batch, ParseError
 from roder_analyticsd.sources.roder import ThreadMetadata
 from roder_analyticsd.timewindow import rfc3339_to_ms
@@ -143,15 +144,16 @@ _NO_RAW = msgspec.Raw()
 
 
 class CacheCreation(_Base):
-    ephemeral_5m_input_tokens: int = 0
-    ephemeral_1h_input_tokens: int = 0
+    ephemeral_5m_input_tokens: TokenCount | None = None
+    ephemeral_1h_input_tokens: TokenCount | None = None
 
 
+# counts outside bounds.py's range are a parse error for their line (as Roder's)
 class Usage(_Base):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    input_tokens: TokenCount | None = None
+    output_tokens: TokenCount | None = None
+    cache_creation_input_tokens: TokenCount | None = None
+    cache_read_input_tokens: TokenCount | None = None
     cache_creation: CacheCreation | None = None
 
 
@@ -247,6 +249,8 @@ def _call(
         creation = _count(usage.cache_creation_input_tokens)
     prompt = _count(usage.input_tokens) + creation + cached
     completion = _count(usage.output_tokens)
+    if prompt + completion > MAX_TOKENS:  # the total is a count too
+        raise ValueError(f"token counts above {MAX_TOKENS}")
     if not (prompt or completion):
         return  # an all-zero usage records nothing
     if msg.id is not None:
@@ -311,7 +315,7 @@ def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
                 return kind
             if nested.timestamp is None:
                 raise ValueError("progress message without a timestamp")
-            at = rfc3339_to_ms(nested.timestamp)
+            at = check_time_ms(rfc3339_to_ms(nested.timestamp))
             msg = nested.message
             # a subagent's message, counted once by its ids wherever it appears
             _call(out, session, msg, nested.request_id, nested.uuid, at, True, line)
@@ -320,7 +324,7 @@ def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
             return kind
         if rec.timestamp is None:
             raise ValueError("line without a timestamp")
-        at = rfc3339_to_ms(rec.timestamp)
+        at = check_time_ms(rfc3339_to_ms(rec.timestamp))
         msg = rec.message
         if msg is not None:
             if kind == "assistant":
