@@ -54,6 +54,9 @@ class CollectConfig(Struct, frozen=True):
     """`[analytics.collect]`: the analytics.v2 receiver (`serve`)."""
 
     token: Token | None = None
+    # where `serve` stores what it receives: a SQLite path or a PostgreSQL URL
+    # (default: the store of [analytics] store)
+    store: StorePath | None = None
 
 
 class DashboardConfig(Struct, frozen=True):
@@ -127,6 +130,7 @@ class Settings:
     workspace_labels: WorkspaceLabels = "full_path"
     retention_days: int = 0
     collect_token: str | None = None
+    collect_store: str | None = None
     dashboard_token: str | None = None
     forward_endpoint: str | None = None
     forward_token: str | None = None
@@ -227,6 +231,7 @@ def load_settings(data_dir: Path | None = None, store: Path | None = None) -> Se
         workspace_labels=analytics.workspace_labels,
         retention_days=analytics.retention_days,
         collect_token=analytics.collect.token,
+        collect_store=analytics.collect.store,
         dashboard_token=analytics.dashboard.token,
         forward_endpoint=analytics.forward.endpoint,
         forward_token=analytics.forward.token,

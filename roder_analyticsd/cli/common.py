@@ -62,6 +62,21 @@ def _one_line(exc: click.UsageError) -> click.UsageError:
     return UsageProblem(exc.format_message(), exc.ctx)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreParam(click.ParamType):
+    """A store path, or (for `serve` and `stats fleet`) a PostgreSQL URL,
+    kept as the string it is (a Path would fold its `//`)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value.lower().startswith(POSTGRES_SCHEMES):
+            return value
+        return click.Path(path_type=Path, dir_okay=False).convert(value, param, ctx)
+
+
 def data_options(func: F) -> F:
     """--data-dir / --store / --json, accepted on every command."""
     func = click.option(
@@ -69,7 +84,7 @@ def data_options(func: F) -> F:
     )(func)
     func = click.option(
         "--store",
-        type=click.Path(path_type=Path, dir_okay=False),
+        type=StoreParam(),
         help="The SQLite store (default: [analytics].store, else <data-dir>/analytics/usage.sqlite3).",  # noqa: E501
     )(func)
     func = click.option(
@@ -80,9 +95,13 @@ def data_options(func: F) -> F:
     return func
 
 
-def settings_for(data_dir: Path | None, store: Path | None):
+def settings_for(data_dir: Path | None, store: Path | str | None):
     from roder_analyticsd.config import ConfigError, load_settings
 
+    if isinstance(store, str):  # a PostgreSQL URL: only fleet commands take one
+        raise UsageProblem(
+            "--store postgresql://… is for `serve` and `stats fleet` only (this store is SQLite)"
+        )
     try:
         return load_settings(data_dir, store)
     except ConfigError as exc:

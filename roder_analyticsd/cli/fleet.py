@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from roder_analyticsd.cli.common import emit_json
+from roder_analyticsd.cli.common import UsageProblem, emit_json
 from roder_analyticsd.cli.stats import prepare, query_options, query_store
 from roder_analyticsd.fleet import vocabulary
 from roder_analyticsd.queryspec import ACTIVITY_BY
@@ -84,10 +84,28 @@ def fleet() -> None:
 
 
 def _fleet_command(metric: str, doc: str, *, user_sessions: bool = False):
-    def command(source: str, **opts: Any) -> None:
+    def command(source: str | None, **opts: Any) -> None:
         only_users = bool(opts.pop("user_sessions", False))
-        q = prepare(opts, "fleet", metric, source=source, user_sessions=only_users)
-        rows = query_store(opts, q.run)
+        if isinstance(opts["store"], str):  # a PostgreSQL URL: received events only
+            if source not in (None, "collected"):
+                raise UsageProblem(
+                    f"--source {source}: a PostgreSQL store holds received events only"
+                    " (use --source collected)"
+                )
+            q = prepare(opts, "fleet", metric, source="collected", user_sessions=only_users)
+            f = q.filters
+            rows = _query_postgres(
+                opts["store"],
+                metric,
+                since_ms=f.since_ms,
+                until_ms=f.until_ms,
+                tz=f.tz,
+                user_sessions=only_users,
+                limit=f.limit,
+            )
+        else:
+            q = prepare(opts, "fleet", metric, source=source or "all", user_sessions=only_users)
+            rows = query_store(opts, q.run)
         if opts["as_json"]:
             emit_json(rows)
             return
@@ -97,9 +115,9 @@ def _fleet_command(metric: str, doc: str, *, user_sessions: bool = False):
     command = click.option(
         "--source",
         type=click.Choice(SOURCES),
-        default="all",
-        show_default=True,
-        help="local: this installation; collected: received by `serve`; all: both.",
+        default=None,
+        help="local: this installation; collected: received by `serve`; all: both"
+        " (the default; with a PostgreSQL --store, collected is the only one).",
     )(command)
     if user_sessions:
         command = click.option("--user-sessions", is_flag=True, help=USER_SESSIONS_HELP)(command)
@@ -125,6 +143,21 @@ _fleet_command(
     "Distinct sessions per day (local: thread ids; received: hashed session ids).",
     user_sessions=True,
 )
+
+
+def _query_postgres(url: str, metric: str, **kwargs: Any) -> list[dict[str, Any]]:
+    from roder_analyticsd.cli.common import Failure, run_async
+    from roder_analyticsd.fleet.stores import postgres
+
+    @run_async
+    async def run() -> list[dict[str, Any]]:
+        try:
+            return await postgres.query(url, metric, **kwargs)
+        except postgres.StoreError as exc:
+            raise Failure(str(exc)) from None
+
+    return run()
+
 
 _HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "dau": (("day", "Day"), ("installations", "Installations")),

@@ -54,24 +54,84 @@ def parse_listen(text: str) -> tuple[str, int]:
     help="Address to listen on (port 0: any free port). Off loopback, "
     "[analytics.collect] token must be set, and is then required as a bearer token.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Receiver processes sharing the listening socket (each stateless; "
+    "meant for a PostgreSQL store).",
+)
 @data_options
-def serve(listen: str, data_dir: Path | None, store: Path | None, as_json: bool) -> None:
+def serve(
+    listen: str, workers: int, data_dir: Path | None, store: Path | str | None, as_json: bool
+) -> None:
     """Run the analytics.v2 receiver (POST /collect, GET /healthz).
 
-    Received events go into the store (see `stats fleet --source collected`),
-    deduplicated by eventId. Prints where it listens (on stderr; with --json,
+    Received events go into the store, deduplicated by eventId: --store (a
+    SQLite path or a postgresql:// URL), else [analytics.collect] store,
+    else the SQLite store of everything else (see `stats fleet --source
+    collected`). Prints where it listens (on stderr; with --json,
     {"listen": URL} on stdout) once it accepts requests. Stops on
     SIGINT/SIGTERM.
     """
     from roder_analyticsd.fleet.receiver import check_listen_allowed
 
-    settings = settings_for(data_dir, store)
+    url = store if isinstance(store, str) else None
+    settings = settings_for(data_dir, None if url else store)
+    if url is not None:
+        target = url
+    elif store is not None:
+        target = str(settings.store)
+    else:
+        target = settings.collect_store or str(settings.store)
     host, port = parse_listen(listen)
     try:
         check_listen_allowed(host, settings.collect_token)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    _serve(settings.store, host, port, settings.collect_token, as_json, settings=settings)
+    sock = _bind(host, port)  # first: a busy port touches nothing
+    try:
+        _prepare_store(target)
+    except BaseException:
+        sock.close()
+        raise
+    if workers == 1:
+        try:
+            _serve(
+                sock,
+                target,
+                settings.collect_token,
+                announce=True,
+                as_json=as_json,
+                retention_days=settings.retention_days,
+                settings=settings,
+            )
+        finally:
+            sock.close()
+    else:
+        _supervise(sock, workers, target, settings.collect_token, as_json, settings)
+
+
+@run_async
+async def _prepare_store(target: str) -> None:
+    """Bring the store to the current schema before listening: a bad store
+    is a clear one-line error here, not a lifespan crash."""
+    from roder_analyticsd.fleet.stores import is_postgres_url
+
+    if is_postgres_url(target):
+        from roder_analyticsd.fleet.stores.postgres import PostgresFleetStore, StoreError
+
+        try:
+            opened = await PostgresFleetStore.open(target, pool_size=1)
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        await opened.close()
+        return
+    from roder_analyticsd.store.connection import open_store
+
+    conn = await open_store(Path(target))
+    await conn.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -112,27 +172,23 @@ def _limits_from_env() -> dict[str, float]:
 
 @run_async
 async def _serve(
-    store: Path, host: str, port: int, token: str | None, as_json: bool, *, settings: Any = None
+    sock: socket.socket,
+    target: str,
+    token: str | None,
+    *,
+    announce: bool,
+    as_json: bool,
+    retention_days: int = 0,
+    settings: Any = None,
 ) -> None:
     import signal
 
     import anyio
-    import structlog
     import uvicorn
 
     from roder_analyticsd.fleet.receiver import Limits, create_app, uvicorn_config
     from roder_analyticsd.logs import configure_logging
-    from roder_analyticsd.store.connection import open_store
 
-    sock = _bind(host, port)  # first: a busy port touches nothing
-    try:
-        # the receiver writes into the one store: bring it to the current schema
-        # first (a bad store is a clear one-line error here, not a lifespan crash)
-        conn = await open_store(store)
-        await conn.close()
-    except BaseException:
-        sock.close()
-        raise
     # logs to stderr (stdout carries only the --json line), privacy-guarded
     configure_logging()
 
@@ -142,31 +198,27 @@ async def _serve(
             yield  # signals are handled below
 
     limits = Limits(**_limits_from_env())
-    app = create_app(str(store), token=token, limits=limits)
-    if settings is not None:  # the dashboard at `/`, over the same store (read-only)
+    app = create_app(target, token=token, limits=limits, retention_days=retention_days)
+    if settings is not None:  # the dashboard at `/`, over the local store (read-only)
         from roder_analyticsd.live.status import gather_status
         from roder_analyticsd.web import mount_dashboard
 
         mount_dashboard(
             app,
-            store,
+            settings.store,
             token=settings.dashboard_token or token,
             status=lambda: gather_status(settings),
         )
     # log_config=None: uvicorn's records reach the structlog lines configured above
     config = uvicorn_config(app, limits, log_config=None)
     server = Server(config)
-    url = _url(sock)
 
-    async def announce() -> None:
+    async def say_listening() -> None:
         while not server.started:
             if server.should_exit:
                 return
             await anyio.sleep(0.01)
-        if as_json:
-            emit_json({"listen": url})
-            sys.stdout.flush()
-        structlog.get_logger().info("receiver_listening", listen=url)
+        _announce(_url(sock), as_json)
 
     async def on_signals(receiver: Any) -> None:
         async for _ in receiver:
@@ -175,17 +227,104 @@ async def _serve(
             server.should_exit = True
 
     failed = False
-    try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(on_signals, signals)
-                tg.start_soon(announce)
-                try:
-                    await server.serve(sockets=[sock])
-                except SystemExit:  # uvicorn gives up on a failed startup this way
-                    failed = True
-                tg.cancel_scope.cancel()
-    finally:
-        sock.close()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_signals, signals)
+            if announce:
+                tg.start_soon(say_listening)
+            try:
+                await server.serve(sockets=[sock])
+            except SystemExit:  # uvicorn gives up on a failed startup this way
+                failed = True
+            tg.cancel_scope.cancel()
     if failed:  # raised out here: inside the task group it would be an ExceptionGroup
         raise Failure("the receiver could not start (see above)")
+
+
+def _announce(url: str, as_json: bool) -> None:
+    import structlog
+
+    if as_json:
+        emit_json({"listen": url})
+        sys.stdout.flush()
+    structlog.get_logger().info("receiver_listening", listen=url)
+
+
+def _supervise(
+    sock: socket.socket,
+    workers: int,
+    target: str,
+    token: str | None,
+    as_json: bool,
+    settings: Any,
+) -> None:
+    """`--workers N`: N forked receivers accept on the one socket (the kernel
+    spreads connections); a worker that dies is replaced; SIGINT/SIGTERM
+    stop them all. The store was prepared before the fork."""
+    import os
+    import signal
+    import time
+
+    import structlog
+
+    from roder_analyticsd.logs import configure_logging
+
+    configure_logging()  # the supervisor's own lines: JSON lines on stderr, as the workers'
+    sock.listen(2048)  # connections queue while the workers start
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # a worker
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                # each worker prunes too: under the database's lock, idempotent
+                _serve(sock, target, token, announce=False, as_json=False,
+                       retention_days=settings.retention_days, settings=settings)  # fmt: skip
+            except click.ClickException as exc:
+                exc.show()
+                code = exc.exit_code
+            except BaseException:  # noqa: BLE001 (a worker must never return into the parent's code)
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for _ in range(workers):
+        spawn()
+    _announce(_url(sock), as_json)
+    quick_deaths = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            started = children.pop(pid, None)
+            if stopping or started is None:
+                continue
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < 2 else 0
+            if quick_deaths >= 3:
+                stop(signal.SIGTERM, None)
+                raise Failure("receiver workers keep failing at start (see above)")
+            structlog.get_logger().warning(
+                "receiver_worker_replaced", pid=pid, exit=os.waitstatus_to_exitcode(status)
+            )
+            spawn()
+    finally:
+        sock.close()

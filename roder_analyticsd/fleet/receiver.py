@@ -227,6 +227,17 @@ class _Health:
         return None
 
 
+async def _retention(store: Any, days: int) -> None:
+    while True:
+        try:
+            dropped = await store.apply_retention(days)
+            if dropped:
+                log.info("retention_dropped_days", days=len(dropped), before=str(dropped[-1]))
+        except StoreUnavailable as exc:
+            log.warning("retention_failed", error=str(exc))
+        await asyncio.sleep(3600)
+
+
 def create_app(
     store: str,
     *,
@@ -234,21 +245,29 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     busy_timeout_ms: int = 5000,
     limits: Limits | None = None,
+    retention_days: int = 0,
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """The receiver as an ASGI app over `store` (a SQLite path or a
     PostgreSQL URL). With a (non-empty) `token`, /collect requires
-    `Authorization: Bearer <token>`; /healthz never does. `extra_routes`
-    (e.g. a page at `/`) are served beside the receiver's own."""
+    `Authorization: Bearer <token>`; /healthz never does. `retention_days`
+    applies to stores that prune (PostgreSQL: whole day partitions, at
+    start and hourly). `extra_routes` (e.g. a page at `/`) are served
+    beside the receiver's own."""
     limits = limits or Limits(max_body=max_body)
     max_body = limits.max_body
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         opened = await open_fleet_store(store, busy_timeout_ms=busy_timeout_ms)
+        pruning = None
+        if retention_days > 0 and hasattr(opened, "apply_retention"):
+            pruning = asyncio.get_running_loop().create_task(_retention(opened, retention_days))
         try:
             yield {"store": opened, "budget": ByteBudget(limits.budget), "health": _Health()}
         finally:
+            if pruning is not None:
+                pruning.cancel()
             await opened.close()
 
     async def collect(request: Request) -> Response:
