@@ -508,3 +508,30 @@ def test_every_line_over_the_maximum_is_reported_whatever_the_read_blocks(
     numbered = list(enumerate(lines, 1))
     assert seen == [(n, line) for n, line in numbered if len(line) <= limit]
     assert errors == [n for n, line in numbered if len(line) > limit]
+
+
+def test_the_receiver_rejects_an_event_outside_the_time_window(tmp_path):
+    """Per element, like any other bad event: the rest of the batch is stored."""
+    import httpx
+    from conftest import serve_on_loopback
+    from test_receiver import event as v2_event
+
+    from roder_analyticsd.fleet.receiver import create_app
+
+    db = tmp_path / "collect.sqlite3"
+    batch = [
+        v2_event(0), v2_event(1, occurredAt="0001-01-01T00:00:00+01:00"),
+        v2_event(2, occurredAt="9999-12-31T23:59:59-23:59"), v2_event(3),
+    ]  # fmt: skip
+    with serve_on_loopback(create_app(str(db), token=None)) as base:
+        r = httpx.post(f"{base}/collect", json=batch, timeout=10)
+        again = httpx.post(f"{base}/collect", json=[v2_event(4)], timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == ["ev-0", "ev-3"]
+    assert [x["index"] for x in body["rejected"]] == [1, 2]
+    assert all("1970..9998" in x["reason"] for x in body["rejected"])
+    assert again.status_code == 200 and again.json()["accepted"] == ["ev-4"]
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT event_id FROM collected_events ORDER BY 1").fetchall()
+    assert stored == [("ev-0",), ("ev-3",), ("ev-4",)]

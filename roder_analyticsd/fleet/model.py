@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
+from roder_analyticsd.bounds import MAX_TIME_MS, MIN_TIME_MS, TIME_WINDOW
 from roder_analyticsd.fleet import vocabulary
 
 SCHEMA_VERSION = "analytics.v2"
@@ -132,7 +133,9 @@ def check_properties(props: dict[str, Any]) -> None:
 
 def check_event(ev: AnalyticsEvent) -> None:
     """Raise ValueError when a decoded event breaks the contract beyond types."""
-    parse_occurred_at(ev.occurred_at)
+    at = occurred_at_ms(ev)
+    if not MIN_TIME_MS <= at < MAX_TIME_MS:  # no real event: its UTC day has no name
+        raise ValueError(f"occurredAt {ev.occurred_at[:64]!r} is outside {TIME_WINDOW}")
     check_properties(ev.properties)
 
 
