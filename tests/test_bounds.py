@@ -535,3 +535,39 @@ def test_the_receiver_rejects_an_event_outside_the_time_window(tmp_path):
     with sqlite3.connect(db) as conn:
         stored = conn.execute("SELECT event_id FROM collected_events ORDER BY 1").fetchall()
     assert stored == [("ev-0",), ("ev-3",), ("ev-4",)]
+
+
+def test_a_rebuild_that_fails_half_way_leaves_the_store_as_it_was(data_dir, store, monkeypatch):
+    """Any error after some batches are written (a full disk, a lost worker):
+    here the writer's third write fails."""
+    import anyio
+
+    from roder_analyticsd.config import load_settings
+    from roder_analyticsd.live import ingest
+    from roder_analyticsd.store.connection import open_store
+
+    assert once(data_dir, store, "--best-effort").returncode == 0
+    before = dump_tables(store)
+    real_write, calls = ingest.write_rows, []
+
+    async def failing_write(conn, rows, checkpoints):
+        calls.append(len(checkpoints))
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        await real_write(conn, rows, checkpoints)
+
+    monkeypatch.setattr(ingest, "write_rows", failing_write)
+    monkeypatch.setattr(ingest, "WRITE_BATCH_ROWS", 50)  # many small writes
+
+    async def rebuild() -> None:
+        conn = await open_store(store)
+        try:
+            settings = load_settings(data_dir, store)
+            await ingest.run_once(conn, settings, rebuild=True, strict=False)
+        finally:
+            await conn.close()
+
+    with pytest.raises(sqlite3.OperationalError):
+        anyio.run(rebuild)
+    assert len(calls) == 3
+    assert dump_tables(store) == before
