@@ -550,11 +550,11 @@ def test_a_rebuild_that_fails_half_way_leaves_the_store_as_it_was(data_dir, stor
     before = dump_tables(store)
     real_write, calls = ingest.write_rows, []
 
-    async def failing_write(conn, rows, checkpoints):
+    async def failing_write(conn, rows, checkpoints, *args):
         calls.append(len(checkpoints))
         if len(calls) == 3:
             raise sqlite3.OperationalError("database or disk is full")
-        await real_write(conn, rows, checkpoints)
+        await real_write(conn, rows, checkpoints, *args)
 
     monkeypatch.setattr(ingest, "write_rows", failing_write)
     monkeypatch.setattr(ingest, "WRITE_BATCH_ROWS", 50)  # many small writes
