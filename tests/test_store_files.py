@@ -84,6 +84,10 @@ def test_two_first_runs_on_a_missing_store_both_succeed(data_dir: Path, tmp_path
     for attempt in range(2):
         store = tmp_path / f"new-{attempt}" / "usage.sqlite3"
         imported = tmp_path / f"imported-{attempt}" / "usage.sqlite3"
+        if attempt == 1:  # an empty file where the store goes (`touch`): migrated in place
+            for path in (store, imported):
+                path.parent.mkdir()
+                path.touch()
         commands = [
             ["--once", "--best-effort", "--data-dir", data_dir, "--store", store],
             ["--once", "--best-effort", "--data-dir", data_dir, "--store", store],

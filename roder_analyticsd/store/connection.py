@@ -9,6 +9,7 @@ two processes starting together on a missing store both succeed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -16,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import aiosqlite
+import anyio
 import anyio.to_thread
 
 from roder_analyticsd.store.schema import SCHEMA_VERSION, StoreError, migrate
@@ -119,10 +121,10 @@ async def _create(path: Path) -> None:
         except FileExistsError:
             pass  # another process was first: its store is as good
         except OSError:
-            # no hard links here: move it in unless someone was first (a
-            # narrow race left to migrate's write lock)
-            if not path.exists():
-                os.replace(tmp, path)
+            # no hard links on this filesystem: an empty store, created only
+            # if missing (O_EXCL), is migrated in place under the write lock
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         raise StoreError(f"cannot create store at {path}: {exc.strerror or exc}") from None
     except sqlite3.Error as exc:
@@ -146,7 +148,7 @@ async def open_store(path: Path, *, readonly: bool = False) -> aiosqlite.Connect
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await check_ours(conn, path, for_writing=True)  # before anything changes the file
-        await conn.execute("PRAGMA journal_mode = WAL")
+        await _use_wal(conn)
         # WAL + NORMAL: a crash of the process never loses a commit; rows and
         # their checkpoint are always in the same transaction either way.
         await conn.execute("PRAGMA synchronous = NORMAL")
@@ -160,6 +162,21 @@ async def open_store(path: Path, *, readonly: bool = False) -> aiosqlite.Connect
         await conn.close()
         raise
     return conn
+
+
+async def _use_wal(conn: aiosqlite.Connection) -> None:
+    """Switch to WAL (a no-op once it is). Switching needs the file to
+    itself, and SQLite does not wait for that: a store still empty, opened by
+    two processes at once, is retried within the busy timeout."""
+    deadline = anyio.current_time() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or anyio.current_time() > deadline:
+                raise
+        await anyio.sleep(0.05)
 
 
 def _describe_open_error(exc: sqlite3.Error, path: Path) -> str:
