@@ -126,6 +126,30 @@ def test_serve_logs_the_same_json_lines_as_the_daemon(tmp_path):
     assert CANARY not in err
 
 
+def test_dashboard_logs_the_same_json_lines(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roder_analyticsd", "dashboard", "--listen", "127.0.0.1:0",
+         "--json", "--data-dir", str(data_dir), "--store", str(tmp_path / "s.sqlite3")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+    )  # fmt: skip
+    try:
+        url = json.loads(proc.stdout.readline())["listen"]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"GARBAGE /{CANARY} \x00\r\n\r\n".encode())
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    records = _json_lines(err)
+    assert any(r["event"] == "dashboard_listening" and r["listen"] == url for r in records)
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records), err
+    assert CANARY not in err
+
+
 def test_watch_failure_names_the_class_and_a_safe_reason():
     kind, reason = describe_failure(OSError(errno.ENOSPC, "No space left", f"/home/{CANARY}"))
     assert kind == "OSError" and reason.startswith("ENOSPC") and "max_user_watches" in reason

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import click
-
 from roder_analyticsd.cli.common import Failure, emit_json
 
 
@@ -54,6 +52,7 @@ async def run_server(
     import signal
 
     import anyio
+    import structlog
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -69,6 +68,7 @@ async def run_server(
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=graceful_s,
+        log_config=None,  # uvicorn's records reach the structlog lines (logs.py)
     )
     server = Server(config)
     url = url_of(sock)
@@ -81,8 +81,8 @@ async def run_server(
         if as_json:
             emit_json({"listen": url})
             sys.stdout.flush()
-        else:
-            click.echo(f"roder-analyticsd: {what} listening on {url}", err=True)
+        # one log format with the daemon and `serve`
+        structlog.get_logger().info(f"{what}_listening", listen=url)
         if on_started is not None:
             on_started(url)
 
