@@ -10,7 +10,15 @@
 3. `stats tools --json` is timed (median of --repeat) and its numbers are checked
    against the inserted rows (exact nearest-rank percentiles).
 
-Exit status: 0 ok, 1 failure or MISMATCH.
+With `--store STORE --data-dir DIR` (a store `--once` made of a corpus, e.g.
+1M events) it instead times every `stats` command on that store against a
+floor: a bare Python process that opens the store read-only and runs one
+GROUP BY over tool_calls. Floor and command alternate (`--repeat` pairs per
+command); the median ratio of wall times is printed with the CPU seconds;
+the target is ≤ 3× for every command. It also prints the CLI's heaviest
+imports (`python -X importtime`).
+
+Exit status: 0 ok, 1 failure or MISMATCH (or, with --store, a command over 3×).
 """
 
 from __future__ import annotations
@@ -207,13 +215,99 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     return 1 if problems else 0
 
 
+STATS_COMMANDS = [
+    ["summary"],
+    ["tokens"],
+    ["tokens", "--group", "day"],
+    ["tokens", "--group", "model"],
+    ["sessions"],
+    ["tools"],
+    ["tools", "--sort", "p95"],
+    ["rollups"],
+    ["activity"],
+    ["fleet", "dau"],
+    ["fleet", "sessions"],
+    ["fleet", "errors"],
+]
+FLOOR = (
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n"
+    "rows = conn.execute('SELECT tool_name, count(*), sum(duration_ms) FROM tool_calls"
+    " GROUP BY tool_name').fetchall()\n"
+    "print(len(rows))"
+)
+
+
+def bench_store(args: argparse.Namespace) -> int:
+    """Every stats command on an existing store against the bare GROUP BY floor."""
+    base = common.cli_command()
+    store, data_dir = args.store.resolve(), args.data_dir.resolve()
+    floor_argv = [sys.executable, "-c", FLOOR, str(store)]
+    rows: list[tuple[str, str, str]] = []
+    worst = 0.0
+    for sub in STATS_COMMANDS:
+        argv = common.stats_argv(base, store, data_dir, *sub)
+        pairs = []
+        for _ in range(args.repeat):
+            floor = common.run_child(floor_argv)
+            run = common.run_child(argv)
+            if run.returncode != 0:
+                break
+            pairs.append((run.seconds / floor.seconds, run, floor))
+        name = f"stats {' '.join(sub)}"
+        if not pairs:
+            reason = common.tail(run.stderr, 1)[:80]
+            rows.append((name, "FAILED", f"exit {run.returncode}: {reason}"))
+            worst = float("inf")
+            continue
+        pairs.sort(key=lambda p: p[0])
+        ratio, run, floor = pairs[len(pairs) // 2]
+        worst = max(worst, ratio)
+        rows.append((
+            name,
+            f"{ratio:.2f}x",
+            f"{run.seconds * 1000:.0f} ms wall {run.cpu_seconds * 1000:.0f} ms CPU; floor "
+            f"{floor.seconds * 1000:.0f} ms wall {floor.cpu_seconds * 1000:.0f} ms CPU"
+            + ("" if ratio <= 3 else "  OVER 3x"),
+        ))  # fmt: skip
+    print()
+    common.print_table(rows)
+    imports = subprocess_importtime()
+    print("\nheaviest imports of `import roder_analyticsd.cli` (cumulative µs):")
+    for line in imports:
+        print("  " + line)
+    return 0 if worst <= 3 else 1
+
+
+def subprocess_importtime(top: int = 8) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import roder_analyticsd.cli.stats"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    rows = []
+    for line in out.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    rows.sort(reverse=True)
+    return [f"{us:>8}  {name}" for us, name in rows[:top]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark stats queries over 1M tool calls.")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep-store", type=Path, help="copy the built store here")
+    parser.add_argument("--store", type=Path, help="time every stats command on this store")
+    parser.add_argument("--data-dir", type=Path, help="the store's data dir (with --store)")
     args = parser.parse_args(argv)
+    if args.store:
+        if not args.data_dir:
+            parser.error("--store needs --data-dir")
+        return bench_store(args)
     with tempfile.TemporaryDirectory(prefix="roder-qbench-") as tmp:
         return bench(args, Path(tmp))
 
