@@ -14,7 +14,7 @@ ratios against the ccusage run of the same round. Tokens per day must be
 identical. Every child gets its own HOME and CLAUDE_CONFIG_DIR: the
 machine's own Claude Code logs are never read.
 
-    flock <lock> python bench/bench_ccusage.py [--sizes 200000,1000000] [--rounds 3]
+    PYTHONPATH=. python bench/bench_ccusage.py [--sizes 200000,1000000] [--rounds 3]
 """
 
 from __future__ import annotations
