@@ -37,7 +37,7 @@ from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
-from roder_analyticsd.live.workers import WorkerDied, WorkerPool
+from roder_analyticsd.live.workers import WorkerPool
 from roder_analyticsd.logs import configure_logging
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
 from roder_analyticsd.store.connection import StorePathError, describe_sqlite_error, open_store
@@ -389,8 +389,10 @@ class Daemon:
         try:
             async with WorkerPool(1) as [worker]:
                 self.prices_made.update(await worker.call(pricing.price_entries, pairs))
-        except WorkerDied:
-            pass  # best effort: queries then load the table themselves
+        except Exception as exc:  # best effort: never the end of the daemon
+            # queries then load the table themselves; the class only (a message
+            # could carry a model name from the logs, never needed here)
+            log.warning("prices_not_kept", error=type(exc).__name__)
         finally:
             self.pricing = False
         self.rollup_due = True  # written by the work loop's next step
