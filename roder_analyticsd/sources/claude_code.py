@@ -93,21 +93,27 @@ def _is_log(entry: os.DirEntry) -> bool:
         return False
 
 
+def _project_logs(project: Path) -> list[Path]:
+    """A project dir's session logs, each followed by its subagents' logs."""
+    found: list[Path] = []
+    for entry in _sorted_entries(project):
+        if _is_log(entry):
+            found.append(Path(entry.path))
+        elif _is_dir(entry):
+            found.extend(_subagent_logs(Path(entry.path) / SUBAGENTS))
+    return found
+
+
+def _subagent_logs(subagents: Path) -> list[Path]:
+    return [Path(sub.path) for sub in _sorted_entries(subagents) if _is_log(sub)]
+
+
 def discover(root: Path) -> list[Path]:
     """Every session log and subagent log under one root."""
     found: list[Path] = []
     for project in _sorted_entries(root / PROJECTS):
-        if not _is_dir(project):
-            continue
-        for entry in _sorted_entries(Path(project.path)):
-            if _is_log(entry):
-                found.append(Path(entry.path))
-            elif _is_dir(entry):
-                found.extend(
-                    Path(sub.path)
-                    for sub in _sorted_entries(Path(entry.path) / SUBAGENTS)
-                    if _is_log(sub)
-                )
+        if _is_dir(project):
+            found.extend(_project_logs(Path(project.path)))
     return found
 
 
@@ -120,6 +126,30 @@ def is_log_path(path: Path, root: Path) -> bool:
     if not parts or parts[0] != PROJECTS or not parts[-1].endswith(".jsonl"):
         return False
     return len(parts) == 3 or (len(parts) == 5 and parts[3] == SUBAGENTS)
+
+
+def logs_at(path: Path, root: Path) -> list[Path]:
+    """The logs `discover` would list at or under `path` (a log, or a dir
+    that holds logs: projects/, a project dir, a session's dir or its
+    subagents/ dir). A log path is listed even when the file is gone (the
+    reader skips it); any other path lists nothing."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return []
+    if is_log_path(path, root) and not path.is_dir():
+        return [path]
+    if not parts or parts[0] != PROJECTS:
+        return []
+    if len(parts) == 1:
+        return discover(root)
+    if len(parts) == 2:
+        return _project_logs(path)
+    if len(parts) == 3:
+        return _subagent_logs(path / SUBAGENTS)
+    if len(parts) == 4 and parts[3] == SUBAGENTS:
+        return _subagent_logs(path)
+    return []
 
 
 def checkpoint_path(path: Path, roots: list[Path]) -> str:
