@@ -32,7 +32,7 @@ SAFE_KEYS = frozenset(
         "pid", "store", "data_dir", "schema_version", "version", "files", "lines",
         "skipped", "parse_errors", "file_errors", "rows", "rows_pruned", "days",
         "seconds", "path", "line", "error", "retry_in_s", "signal", "dropped",
-        "interval_s", "count", "backlog", "stage", "reason", "listen",
+        "interval_s", "count", "backlog", "stage", "reason", "listen", "claude_code_files",
         # the forwarder and the receiver
         "events", "max_queue", "policy",
     }

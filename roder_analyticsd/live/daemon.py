@@ -1,10 +1,11 @@
 """The live daemon: `roder-analyticsd` with no sub-command.
 
 It takes the store's lock, catches up on everything (as `--once` does), then
-follows the watcher: each batch of changed thread dirs goes through the same
-`Ingestor` (source → stages → writer) from the files' checkpoints. A slow
-periodic rescan backs up the watcher; rollups of the days written since are
-refreshed on a schedule, retention is applied daily.
+follows the watcher: each batch of changed thread dirs and Claude Code logs
+goes through the same `Ingestor` (source → stages → writer) from the files'
+checkpoints. A slow periodic rescan backs up the watcher (and picks up a
+Claude Code root that appeared since); rollups of the days written since
+are refreshed on a schedule, retention is applied daily.
 
 Exactness rests on the writer: rows and the checkpoints of the lines they
 came from commit in one transaction (and so do the days they made dirty),
@@ -17,6 +18,7 @@ checkpoints once the store takes writes again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import sqlite3
@@ -33,12 +35,21 @@ import structlog
 
 from roder_analyticsd import pricing
 from roder_analyticsd.config import Settings
-from roder_analyticsd.live.ingest import Ingestor, Report, bulk_load
+from roder_analyticsd.live.ingest import (
+    Ingestor,
+    Report,
+    SourceError,
+    bulk_load,
+    claude_code_candidates,
+    claude_code_roots,
+)
 from roder_analyticsd.live.lock import LockHeld, StoreLock
 from roder_analyticsd.live.options import DaemonOptions, OptionsError, parse_options
 from roder_analyticsd.live.watcher import Changes, Watcher
 from roder_analyticsd.live.workers import WorkerPool
 from roder_analyticsd.logs import configure_logging
+from roder_analyticsd.sources import claude_code
+from roder_analyticsd.sources.files import relative
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
 from roder_analyticsd.store.connection import StorePathError, describe_sqlite_error, open_store
 from roder_analyticsd.store.maintenance import (
@@ -55,7 +66,8 @@ log = structlog.get_logger()
 MAX_REMEMBERED_ERRORS = 10_000
 # After the catch-up, a step reads at most this much of each changed file;
 # a file with more goes round again in the next step, after the others: a
-# flood into one thread cannot hold back a line appended to another.
+# flood into one thread (or Claude Code log) cannot hold back a line
+# appended to another.
 STEP_FILE_BYTES = 64 << 10
 
 
@@ -73,6 +85,10 @@ def run_daemon(settings: Settings) -> None:
     if not settings.enabled:
         log.info("analytics_disabled")
         return
+    try:
+        daemon = Daemon(settings, options)
+    except SourceError as exc:  # claude_code = true and no logs: as --once says it
+        raise click.UsageError(str(exc)) from None
     lock = StoreLock(settings.store)
     try:
         lock.acquire()
@@ -81,7 +97,7 @@ def run_daemon(settings: Settings) -> None:
     except OSError as exc:
         raise Failure(f"cannot lock store {settings.store}: {exc.strerror or exc}") from None
     try:
-        anyio.run(Daemon(settings, options).run)
+        anyio.run(daemon.run)
     except StorePathError as exc:
         log.error("daemon_failed", error=str(exc))
         raise click.UsageError(str(exc)) from None
@@ -125,8 +141,14 @@ class Daemon:
         settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         self.settings = settings
         self.options = options
+        claude_code_roots(settings)  # SourceError: required, and no logs anywhere
+        # the roots Claude Code logs may be under (resolved, for the same
+        # reason); those with a projects/ are read, re-evaluated every rescan
+        self.claude_candidates = [p.resolve() for p in claude_code_candidates(settings)]
+        self.claude_roots = claude_code.existing_roots(self.claude_candidates)
         self.pending = Changes()
         self.behind: set[Path] = set()  # thread dirs left with lines unread at the budget
+        self.behind_claude: set[Path] = set()  # Claude Code logs, likewise
         self.rescan_due = False
         self.rollup_due = False
         self.retention_due = False
@@ -135,6 +157,7 @@ class Daemon:
         self.pricing = False  # a worker is making some
         self.backoff = min(options.retry_min, options.retry_max)
         self.file_errors: dict[str, str] = {}  # relative path → message, logged once
+        self.claude_failed: dict[str, Path] = {}  # a Claude Code log in file_errors → its path
         self.parse_errors_seen: set[tuple[str, int]] = set()
         self.missing_before: set[str] = set()  # checkpoints whose file was gone last rescan
         self.watcher = Watcher(
@@ -144,6 +167,7 @@ class Daemon:
             # short, so a flood into one file does not hold back the news
             # of another: the flood itself is read on by budget, not by news
             debounce_ms=options.watch_step_ms,
+            claude_roots=self.claude_candidates,
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -211,14 +235,15 @@ class Daemon:
     def _notify(self, changes: Changes) -> None:
         self.pending.events |= changes.events
         self.pending.metadata |= changes.metadata
+        self.pending.claude_code |= changes.claude_code
         self.pending.rescan |= changes.rescan
         self.wake.set()
 
     def _has_work(self) -> bool:
         p = self.pending
         return bool(
-            p.events or p.metadata or p.rescan or self.behind or self.rescan_due
-            or self.rollup_due or self.retention_due
+            p.events or p.metadata or p.claude_code or p.rescan or self.behind
+            or self.behind_claude or self.rescan_due or self.rollup_due or self.retention_due
         )  # fmt: skip
 
     async def _work(self) -> None:
@@ -244,12 +269,13 @@ class Daemon:
         began = time.monotonic()
         report = Report()
         events, metadata = discover(self.settings.data_dir)
-        self._announce(len(events))
+        claude = self._claude_logs()
+        self._announce(len(events), len(claude))
         # the backlog is read as `--once` reads it (worker processes for a
         # big one, stopped after); a stop request is honoured between files
         async with bulk_load(self.ingestor):
             while not self.stopping and not await self._ingest(
-                events, metadata, report, stoppable=True
+                events, metadata, claude, report, stoppable=True
             ):
                 pass  # the store refused the write: retried after a backoff
         if self.stopping:
@@ -268,7 +294,7 @@ class Daemon:
             seconds=round(time.monotonic() - began, 3),
         )
 
-    def _announce(self, files: int) -> None:
+    def _announce(self, files: int, claude_files: int) -> None:
         """`daemon_started`, once the watch is up and the files are counted;
         on a terminal also one plain line saying what runs and how to stop it."""
         settings = self.settings
@@ -279,11 +305,13 @@ class Daemon:
             data_dir=str(settings.data_dir),
             schema_version=self.schema_version,
             files=files,
+            claude_code_files=claude_files,
         )
         if _stderr_is_tty():
+            claude = f" and {claude_files} Claude Code logs" if self.claude_candidates else ""
             sys.stderr.write(
-                f"roder-analyticsd: watching {files} events.jsonl under {settings.data_dir}, "
-                f"writing {settings.store}; Ctrl-C stops it "
+                f"roder-analyticsd: watching {files} events.jsonl under {settings.data_dir}"
+                f"{claude}, writing {settings.store}; Ctrl-C stops it "
                 "(`roder-analyticsd install-service` runs it in the background)\n"
             )
             sys.stderr.flush()
@@ -291,48 +319,98 @@ class Daemon:
     async def _step(self) -> None:
         changes, self.pending = self.pending, Changes()
         behind, self.behind = self.behind, set()
+        behind_claude, self.behind_claude = self.behind_claude, set()
         rescan = changes.rescan or self.rescan_due
         self.rescan_due = False
         if rescan:
+            # a root that appeared (or went) since: "auto" follows it
+            self.claude_roots = claude_code.existing_roots(self.claude_candidates)
             events, metadata = discover(self.settings.data_dir)
             events = [path for path in events if path.parent not in behind]
+            every_claude = self._claude_logs()
+            claude = [path for path in every_claude if path not in behind_claude]
         else:
             events = [d / EVENTS_FILE for d in sorted(changes.events - behind)]
             metadata = [d / METADATA_FILE for d in sorted(changes.metadata)]
+            claude = [
+                p for p in self._claude_logs_at(changes.claude_code) if p not in behind_claude
+            ]
         # Files that just changed go first, in a transaction of their own;
         # then one more share of each file still behind (a flood): a line
-        # appended to a quiet thread waits for at most one share per file.
-        for paths, meta in ((events, metadata), ([d / EVENTS_FILE for d in sorted(behind)], [])):
-            if not paths and not meta:
+        # appended to a quiet file waits for at most one share per file.
+        behind_events = [d / EVENTS_FILE for d in sorted(behind)]
+        rounds = ((events, metadata, claude), (behind_events, [], sorted(behind_claude)))
+        for paths, meta, claude_paths in rounds:
+            if not paths and not meta and not claude_paths:
                 continue
             report = Report()
-            if not await self._ingest(paths, meta, report):
+            if not await self._ingest(paths, meta, claude_paths, report):
                 self._notify(changes)  # try again once the store takes writes
                 self.behind |= behind
+                self.behind_claude |= behind_claude
                 self.rescan_due |= rescan
                 return
-            self.behind |= {path.parent for path in report.unfinished}
+            of_claude = set(claude_paths)
+            for path in report.unfinished:
+                if path in of_claude:
+                    self.behind_claude.add(path)
+                else:
+                    self.behind.add(path.parent)
         if rescan:
-            await self._drop_missing(events + [d / EVENTS_FILE for d in behind])
+            await self._drop_missing(events + behind_events + every_claude)
         if self.retention_due and await self._retention():
             self.retention_due = False
         if self.rollup_due and await self._refresh_rollups():
             self.rollup_due = False
 
+    def _claude_logs(self) -> list[Path]:
+        """Every Claude Code log under the roots read."""
+        return [path for root in self.claude_roots for path in claude_code.discover(root)]
+
+    def _claude_logs_at(self, where: set[Path]) -> list[Path]:
+        """The Claude Code logs the watcher pointed at: logs, or the logs in
+        a dir that came, went or was renamed; each once, in path order."""
+        found: set[Path] = set()
+        for path in where:
+            root = next((r for r in self.claude_roots if path.is_relative_to(r)), None)
+            if root is not None:
+                found.update(claude_code.logs_at(path, root))
+        return sorted(found)
+
     async def _ingest(
-        self, events: list[Path], metadata: list[Path], report: Report, *, stoppable: bool = False
+        self,
+        events: list[Path],
+        metadata: list[Path],
+        claude: list[Path],
+        report: Report,
+        *,
+        stoppable: bool = False,
     ) -> bool:
-        """One pass through the Ingestor; False (after a backoff) when the
-        store refused it. What committed before a failure stays committed,
-        with its checkpoints; the rest is read again by the retry.
+        """One pass through the Ingestor (Roder's files, then the Claude Code
+        logs); False (after a backoff) when the store refused it. What
+        committed before a failure stays committed, with its checkpoints;
+        the rest is read again by the retry.
         `stoppable`: a stop request ends the pass between files (the
         catch-up; a step is bounded by the per-file budget anyway)."""
         before = len(report.parse_errors), len(report.file_errors)
         stop = (lambda: self.stopping) if stoppable else None
-        work = self.ingestor.ingest(events, metadata, report, stop=stop)
-        if not await self._guarded(work):
+        # a Claude Code log's name in checkpoints, reports and logs (never its path)
+        name = functools.partial(claude_code.checkpoint_path, roots=list(self.claude_roots))
+
+        async def work() -> None:
+            if events or metadata:
+                await self.ingestor.ingest(events, metadata, report, stop=stop)
+            if claude and not (stop is not None and stop()):
+                await self.ingestor.ingest(
+                    claude, [], report, stop=stop, agent=claude_code.AGENT, name=name
+                )
+
+        if not await self._guarded(work()):
             return False
-        self._log_problems(report, *before, events + metadata)
+        data_dir = self.settings.data_dir
+        attempted = {relative(path, data_dir): path for path in events + metadata}
+        attempted |= {name(path): path for path in claude}
+        self._log_problems(report, *before, attempted)
         return True
 
     async def _guarded(self, work: Awaitable[object]) -> bool:
@@ -398,19 +476,27 @@ class Daemon:
         self.rollup_due = True  # written by the work loop's next step
         self.wake.set()
 
-    async def _drop_missing(self, events: list[Path]) -> None:
+    async def _drop_missing(self, paths: list[Path]) -> None:
         """Forget checkpoints of files gone from two rescans in a row (a
-        deleted thread dir). Two, because a dir being archived can be in
-        neither place for an instant. Forgetting is always safe: should the
-        file come back, re-reading it changes nothing."""
+        deleted thread dir or Claude Code log; its rows stay). Two, because
+        a dir being archived can be in neither place for an instant.
+        Forgetting is always safe: should the file come back, re-reading it
+        changes nothing. `paths`: every file read (Roder's and Claude Code's);
+        with Claude Code not read at all, its checkpoints are kept."""
         present: set[str] = set()
-        for path in events:
+        for path in paths:
             try:
                 st = os.stat(path)
             except OSError:
                 continue
             present.add(f"{st.st_dev}:{st.st_ino}")
-        missing = {key for key in self.ingestor.checkpoints if key not in present}
+        keep_claude = not self.claude_candidates
+        missing = {
+            key
+            for key, cp in self.ingestor.checkpoints.items()
+            if key not in present
+            and not (keep_claude and cp.path.startswith(claude_code.PATH_PREFIX))
+        }
         gone = missing & self.missing_before
         self.missing_before = missing - gone
         if not gone:
@@ -450,8 +536,9 @@ class Daemon:
         self.backoff = min(self.options.retry_min, self.options.retry_max)
 
     def _log_problems(
-        self, report: Report, parse_from: int, file_from: int, attempted: list[Path]
+        self, report: Report, parse_from: int, file_from: int, attempted: dict[str, Path]
     ) -> None:
+        """`attempted`: each file read, by the name reports give it."""
         for err in report.parse_errors[parse_from:]:
             key = (err.path, err.line)
             if key in self.parse_errors_seen:
@@ -465,13 +552,15 @@ class Daemon:
             failed[ferr.path] = ferr.message
             if self.file_errors.get(ferr.path) != ferr.message:
                 log.warning("file_unreadable", path=ferr.path, error=ferr.message)
-        data_dir = self.settings.data_dir
-        for path in attempted:
-            rel = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else None
+        for rel in attempted:
             if rel in self.file_errors and rel not in failed:
                 del self.file_errors[rel]
+                self.claude_failed.pop(rel, None)
                 log.info("file_readable_again", path=rel)
         self.file_errors.update(failed)
+        for rel in failed:
+            if rel.startswith(claude_code.PATH_PREFIX) and rel in attempted:
+                self.claude_failed[rel] = attempted[rel]
 
     # -- schedules -------------------------------------------------------------
 
@@ -501,6 +590,10 @@ class Daemon:
     def _retry_files(self) -> None:
         # an unreadable file's dir is read again (besides every rescan)
         for rel in self.file_errors:
+            if rel.startswith(claude_code.PATH_PREFIX):
+                if (path := self.claude_failed.get(rel)) is not None:
+                    self.pending.claude_code.add(path)
+                continue
             thread_dir = (self.settings.data_dir / rel).parent
             if rel.endswith(METADATA_FILE):
                 self.pending.metadata.add(thread_dir)

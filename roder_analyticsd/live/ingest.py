@@ -442,15 +442,20 @@ class SourceError(Exception):
     """A source that must be read (`claude_code = true`) is not there."""
 
 
+def claude_code_candidates(settings: Settings) -> list[Path]:
+    """Where Claude Code logs may be: none when disabled; `--claude-dir` or
+    the default roots, whether they exist or not."""
+    if settings.claude_code is False:
+        return []
+    return list(settings.claude_dirs) or claude_code.default_roots()
+
+
 def claude_code_roots(settings: Settings) -> list[Path]:
     """The Claude Code roots to read: none when disabled; `--claude-dir`
     or the default roots, those that exist (all must, when required)."""
-    mode = settings.claude_code
-    if mode is False:
-        return []
-    wanted = list(settings.claude_dirs) or claude_code.default_roots()
+    wanted = claude_code_candidates(settings)
     found = claude_code.existing_roots(wanted)
-    if mode is True and not found:
+    if settings.claude_code is True and not found:
         raise SourceError(
             "claude_code = true but no Claude Code logs found under "
             + ", ".join(str(p) for p in wanted)
