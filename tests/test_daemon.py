@@ -129,8 +129,8 @@ BASE_MS = 1_790_812_800_000  # 2026-10-01T00:00:00Z
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, store: Path, log: Path) -> None:
-        self.data_dir, self.store, self.log = data_dir, store, log
+    def __init__(self, data_dir: Path, store: Path, log: Path, args: tuple[str, ...] = ()) -> None:
+        self.data_dir, self.store, self.log, self.args = data_dir, store, log, args
         self.proc: subprocess.Popen | None = None
         self.procs: list[subprocess.Popen] = []
         self.catch_ups_before_start = 0
@@ -138,7 +138,7 @@ class Daemon:
     def start(self, *, wait: bool = True) -> Daemon:
         self.catch_ups_before_start = starts = self.count("catch_up_done")
         self.proc = subprocess.Popen(
-            [*CLI, "--data-dir", str(self.data_dir), "--store", str(self.store)],
+            [*CLI, "--data-dir", str(self.data_dir), "--store", str(self.store), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,  # a pipe: the daemon's file size limit can't touch it
             env=_env(),
