@@ -18,20 +18,22 @@ from roder_analyticsd.store.connection import open_store
 
 KEYS = {
     "session": [
-        "kind", "schemaVersion", "threadId", "workspaceKey", "workspaceLabel", "workspaceAtMs",
-        "provider", "providerAtMs", "model", "modelAtMs", "createdAtMs", "updatedAtMs",
+        "kind", "schemaVersion", "agent", "threadId", "workspaceKey", "workspaceLabel",
+        "workspaceAtMs", "provider", "providerAtMs", "model", "modelAtMs", "createdAtMs",
+        "updatedAtMs",
     ],
     "turn": [
-        "kind", "schemaVersion", "threadId", "turnId", "status", "errorKind", "provider", "model",
-        "modelAtMs", "runtimeProfile", "startedAtMs", "completedAtMs",
+        "kind", "schemaVersion", "agent", "threadId", "turnId", "status", "errorKind",
+        "provider", "model", "modelAtMs", "runtimeProfile", "startedAtMs", "completedAtMs",
     ],
     "tool_call": [
-        "kind", "schemaVersion", "threadId", "turnId", "toolId", "toolName", "startedAtMs",
+        "kind", "schemaVersion", "agent", "threadId", "turnId", "toolId", "toolName", "startedAtMs",
         "completedAtMs", "isError", "status", "durationMs",
     ],
     "token_usage": [
-        "kind", "schemaVersion", "threadId", "turnId", "recordedAtMs", "promptTokens",
+        "kind", "schemaVersion", "agent", "threadId", "turnId", "recordedAtMs", "promptTokens",
         "completionTokens", "totalTokens", "cachedPromptTokens", "cacheCreationPromptTokens",
+        "cacheCreation1hPromptTokens", "provider", "model", "messageId", "isSidechain",
     ],
 }  # fmt: skip
 
@@ -69,7 +71,7 @@ def test_records_are_versioned_body_free_and_complete(sample, expected):
     assert kinds == sorted(kinds, key=["session", "turn", "tool_call", "token_usage"].index)
     for record in records:
         assert list(record) == KEYS[record["kind"]]
-        assert record["schemaVersion"] == 1
+        assert (record["schemaVersion"], record["agent"]) == (exchange.SCHEMA_VERSION, "roder")
     conn = sqlite3.connect(store)
     for kind, table in (("session", "sessions"), ("turn", "turns"),
                         ("tool_call", "tool_calls"), ("token_usage", "token_usage")):  # fmt: skip
@@ -136,7 +138,7 @@ def test_a_bad_file_writes_nothing(sample, tmp_path):
     cases = {
         "json": "{not json\n",
         "kind": '{"kind":"memory","schemaVersion":1}\n',
-        "version": lines[0].replace('"schemaVersion":1', '"schemaVersion":2'),
+        "version": lines[0].replace('"schemaVersion":2', '"schemaVersion":3'),
         "type": lines[0].replace('"threadId":"', '"threadId":7,"x":"'),
     }
     for name, bad in cases.items():

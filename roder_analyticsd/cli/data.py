@@ -45,10 +45,12 @@ def export_cmd(
 ) -> None:
     """Export the store as schema-versioned JSON lines.
 
-    Records (`kind`: session, turn, tool_call, token_usage) carry ids, names,
-    labels, times and token counts: never a body. The output is deterministic:
-    export → import into an empty store → export gives the same bytes. With
-    --output and --json, a count of records per kind is printed on stdout.
+    Records (`kind`: session, turn, tool_call, token_usage) carry their agent
+    (roder, claude-code), ids, names, labels, times and token counts (a Claude
+    Code call's own model and cache split too): never a body. The output is
+    deterministic: export → import into an empty store → export gives the
+    same bytes. With --output and --json, a count of records per kind is
+    printed on stdout.
     """
     settings = settings_for(data_dir, store)
     counts = _export(settings.store, output)
@@ -124,6 +126,7 @@ def import_cmd(data_dir: Path | None, store: Path | None, as_json: bool, file: P
     anything is written. Rows merge with what the store already holds
     exactly as re-ingesting their events would, so importing a file twice
     changes nothing, and daily rollups of the days it touches are refreshed.
+    Files of schema version 1 (before agents) import as Roder's rows.
     """
     settings = settings_for(data_dir, store)
     if not file.is_file():
