@@ -27,6 +27,8 @@ import functools
 from bisect import bisect_left
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
+from types import NotImplementedType
 from typing import Any
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "cost_usd",
     "cost_usd_aggregate",
     "install_price_entries",
+    "installed_pairs",
     "price_entries",
     "price_of",
     "price_table_version",
@@ -203,6 +206,11 @@ def install_price_entries(version: str, entries: dict[str, Any]) -> None:
             _compiled.pop((provider, model), None)
 
 
+def installed_pairs() -> list[tuple[str, str]]:
+    """The (provider, model) pairs whose stored entries are in force."""
+    return list(_installed)
+
+
 def cost_micro(
     provider: str | None,
     model: str | None,
@@ -357,6 +365,48 @@ class _CachedPrice:
         if 2 * rest > scale or (2 * rest == scale and pico & 1):
             pico += 1
         return pico
+
+    def cuts(self) -> tuple[set[int], set[int], set[int]]:
+        """Where this price can change: tier starts (prompt tokens), start
+        dates (epoch ms) and times of day (UTC microseconds). Rows on the same
+        side of every cut share a rule and a tier bracket (see `summed`)."""
+        starts: set[int] = set()
+        dates: set[int] = set()
+        times: set[int] = set()
+        for rule, rule_starts, _ in self.rules:
+            starts.update(rule_starts)
+            if rule is not None and rule[0] == "date":
+                dates.add(rule[1])
+            elif rule is not None and rule[0] == "tod":
+                times.update(rule[1:3])
+        return starts, dates, times
+
+    def summed(self, at_ms: int, tier_prompt: int, requests: int, prompt: int,
+               completion: int, cached: int, creation: int,
+               creation_1h: int) -> Fraction | None | NotImplementedType:  # fmt: skip
+        """The exact cost in micro-dollars of `requests` rows that lie on the
+        same side of every cut, from their summed counts, each row's already
+        clamped (cache reads ≤ prompt, writes ≤ the rest, 1-hour writes ≤
+        writes): the price is linear within a rule and tier bracket. `at_ms`
+        and `tier_prompt` are any one row's. None: no price; NotImplemented:
+        only row by row (a rule this code does not mirror)."""
+        if self.fallback is not None:
+            return NotImplemented
+        if self.static:
+            _, starts, by_bracket = self.rules[0]
+        else:
+            _, starts, by_bracket = self._rule_at(at_ms)
+        coeffs = by_bracket[bisect_left(starts, tier_prompt) if starts else 0]
+        if coeffs is None:
+            return None
+        if len(coeffs) < 7 and creation_1h:  # an entry stored before 1-hour writes were priced
+            return NotImplemented
+        base, read_delta, write_delta, output, per_request, scale = coeffs[:6]
+        scaled = (
+            base * prompt + read_delta * cached + write_delta * creation + output * completion
+            + per_request * requests + (coeffs[6] * creation_1h if creation_1h else 0)
+        )  # fmt: skip
+        return Fraction(scaled, scale)
 
     def _rule_at(self, at_ms: int | None) -> tuple:
         if at_ms is None:

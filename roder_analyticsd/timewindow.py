@@ -253,3 +253,68 @@ def _day_text(days: int) -> str:
 def _week_text(days: int) -> str:
     year, week, _ = date.fromordinal(days + _EPOCH_ORDINAL).isocalendar()
     return f"{year:04d}-W{week:02d}"
+
+
+# --- local days in SQL --------------------------------------------------------
+
+_SCAN_STEP_S = 6 * 3600  # offsets in tzdata change months apart, never twice in 6 h
+
+
+def _offset_at_s(tz: tzinfo, second: int) -> int:
+    offset = datetime.fromtimestamp(second, tz).utcoffset() or timedelta(0)
+    return (offset.days * 86_400 + offset.seconds) * 1000 + offset.microseconds // 1000
+
+
+def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
+    """The zone's UTC offset over [lo_ms, hi_ms]: (from_ms, offset_ms) pieces,
+    the first from `lo_ms` (and before it), each next from the instant the
+    offset changes. As `_local_day`, an instant takes its whole second's offset."""
+    second, last = lo_ms // 1000, hi_ms // 1000
+    offset = _offset_at_s(tz, second)
+    pieces = [(lo_ms, offset)]
+    while second < last:
+        ahead = min(second + _SCAN_STEP_S, last)
+        if _offset_at_s(tz, ahead) == offset:
+            second = ahead
+            continue
+        low, high = second, ahead  # the offset is `offset` at low, another at high
+        while high - low > 1:
+            mid = (low + high) // 2
+            if _offset_at_s(tz, mid) == offset:
+                low = mid
+            else:
+                high = mid
+        second, offset = high, _offset_at_s(tz, high)
+        pieces.append((high * 1000, offset))
+    return pieces
+
+
+def local_day_sql(column: str, pieces: list[tuple[int, int]]) -> str:
+    """SQL for the local calendar day (days since 1970-01-01) of the instant
+    in `column`, for instants inside the span of `offset_changes` pieces."""
+    if len(pieces) == 1:
+        offset = str(pieces[0][1])
+    else:
+        cases = " ".join(
+            f"WHEN {column} < {start} THEN {before}"
+            for (_, before), (start, _) in zip(pieces, pieces[1:], strict=False)
+        )
+        offset = f"CASE {cases} ELSE {pieces[-1][1]} END"
+    # shifted by 100000 days so the integer division floors (instants near
+    # 1970-01-01 in a zone west of UTC are before the local epoch)
+    return f"(({column} + {offset} + {100_000 * _MS_PER_DAY}) / {_MS_PER_DAY} - 100000)"
+
+
+def day_text(days: int) -> str:
+    """`YYYY-MM-DD` of a local day number (`day_key`'s text)."""
+    return _day_text(days)
+
+
+def week_text(days: int) -> str:
+    """ISO week `YYYY-Www` of a local day number (`week_key`'s text)."""
+    return _week_text(days)
+
+
+def month_text(days: int) -> str:
+    """`YYYY-MM` of a local day number (`month_key`'s text)."""
+    return _day_text(days)[:7]

@@ -34,16 +34,23 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiosqlite
 
 from roder_analyticsd import timewindow
-from roder_analyticsd.pricing import install_price_entries, price_of  # genai-prices: lazy
+from roder_analyticsd.pricing import (  # genai-prices: lazy
+    cost_pico,
+    install_price_entries,
+    installed_pairs,
+    price_of,
+)
 from roder_analyticsd.store.maintenance import PRICE_ENTRIES_KEY
 
 UNKNOWN = "(unknown)"
@@ -182,15 +189,19 @@ TOKEN_PROVIDER = "coalesce(u.provider, t.provider)"
 TOKEN_MODEL = "coalesce(u.model, t.model)"
 
 
-def token_source(f: Filters) -> Source:
-    """Token rows `u` with their turn `t` and session `s` (for grouping)."""
+def token_source(f: Filters, *, sessions: bool = True) -> Source:
+    """Token rows `u` with their turn `t` (only where the row has no provider
+    or model of its own: a Claude Code call has both) and, with `sessions`,
+    their session `s` (for grouping; always joined for a workspace filter)."""
     # without a window, read the table itself: through its time index every
     # row would cost a primary-key seek
     tables = (
         f"token_usage u{'' if f.windowed else ' NOT INDEXED'}"
-        " LEFT JOIN turns t ON t.thread_id = u.thread_id AND t.turn_id = u.turn_id"
-        " LEFT JOIN sessions s ON s.thread_id = u.thread_id"
+        " LEFT JOIN turns t ON (u.provider IS NULL OR u.model IS NULL)"
+        " AND t.thread_id = u.thread_id AND t.turn_id = u.turn_id"
     )
+    if sessions or f.workspace is not None:
+        tables += " LEFT JOIN sessions s ON s.thread_id = u.thread_id"
     clauses = _window(f, "u.recorded_at_ms")
     if f.thread is not None:
         clauses.append("u.thread_id = :thread")
@@ -329,89 +340,208 @@ def _nearest_rank(q: int, n: int) -> int:
 
 
 class Cost:
-    """Token sums and a cost in integer pico-dollars (exact) for one output group."""
+    """Token sums and an exact cost (a fraction of a micro-dollar, never
+    rounded before the answer) for one output group."""
 
-    __slots__ = (
-        "prompt",
-        "completion",
-        "total",
-        "cached",
-        "creation",
-        "turns",
-        "pico",
-        "unpriced",
-    )
+    __slots__ = ("prompt", "completion", "total", "cached", "creation", "turns", "micro",
+                 "unpriced")  # fmt: skip
 
     def __init__(self) -> None:
         self.prompt = self.completion = self.total = self.cached = self.creation = 0
-        self.turns = self.pico = self.unpriced = 0
+        self.turns = self.unpriced = 0
+        self.micro = Fraction(0)
 
-    def add(
-        self, provider, model, at_ms, prompt, completion, total, cached, creation, creation_1h=0
-    ) -> None:  # fmt: skip
+    def add_tokens(self, prompt, completion, total, cached, creation, rows) -> None:  # noqa: ANN001
         self.prompt += prompt
         self.completion += completion
         self.total += total
         self.cached += cached
         self.creation += creation
-        self.turns += 1
-        price = price_of(provider, model)
-        pico = (
-            None
-            if price is None
-            else price.pico(at_ms, prompt, completion, cached, creation, creation_1h)
-        )
-        if pico is None:
-            self.unpriced += 1
-        else:
-            self.pico += pico  # exact: rows are summed unrounded, in pico-dollars
+        self.turns += rows
 
     @property
     def usd(self) -> float | None:
         """The sum over priced rows; None only when every row is unpriced."""
         if self.unpriced and self.unpriced == self.turns:
             return None
-        return self.pico / 1_000_000_000_000
+        return float(self.micro / 1_000_000)
 
     def cost_fields(self) -> dict[str, Any]:
         return {"costUsd": self.usd, "unpricedTurnCount": self.unpriced}
 
 
-_TOKEN_COLUMNS = (
-    f"{TOKEN_PROVIDER}, {TOKEN_MODEL}, u.recorded_at_ms, u.prompt_tokens, u.completion_tokens,"
-    " u.total_tokens, u.cached_prompt_tokens, u.cache_creation_prompt_tokens,"
-    " u.cache_creation_1h_prompt_tokens"
+# A token row's counts as priced: never negative, cache reads within the
+# prompt, cache writes within the rest, 1-hour writes within the writes
+# (pricing.py clamps a single row the same way).
+_P = "max(u.prompt_tokens, 0)"
+_R = f"min(max(u.cached_prompt_tokens, 0), {_P})"
+_W = f"min(max(u.cache_creation_prompt_tokens, 0), {_P} - {_R})"
+_PRICED_COLUMNS = (
+    f"{_P} AS pp, max(u.completion_tokens, 0) AS po, {_R} AS pr, {_W} AS pw,"
+    f" min(max(u.cache_creation_1h_prompt_tokens, 0), {_W}) AS ph"
 )
+_SESSION_COLUMN = re.compile(r"(?<![\w.])s\.")  # SQL that reads the session row `s`
+LOCAL_DAY = "{local_day}"  # in a key: the row's calendar day in `Filters.tz`
+
+
+def _cut_sum(expr: str, cuts: Iterable[int], op: str) -> str:
+    """How many of the cuts `expr` is past: rows alike in it share a side of each."""
+    return " + ".join(f"({expr} {op} {cut})" for cut in sorted(cuts)) or "0"
 
 
 async def _costs(
     conn: aiosqlite.Connection,
     f: Filters,
-    key_sql: str,
-    key_fn: Callable[[Any], str] | None = None,
+    key_sql: str | tuple[str, ...],
+    key_fn: Callable[..., Any] | None = None,
     extra_where: str = "",
     extra_params: dict[str, Any] | None = None,
 ) -> dict[Any, Cost]:
-    """Stream the filtered token rows and fold them into one `Cost` per key.
+    """Fold the filtered token rows into one `Cost` per key, in SQL.
 
-    `key_sql` selects the raw key column; `key_fn` maps it (e.g. an instant
-    to its calendar day in the requested time zone).
+    `key_sql` is the key's SQL (or several, for a composite key); `LOCAL_DAY`
+    in it stands for the row's calendar day number in `f.tz`. `key_fn` maps
+    the key's values to the output key (e.g. a day number to its text).
+
+    Prices are linear in the token counts within one price rule and tier
+    bracket, so SQLite sums the rows per key, provider, model and side of
+    every cut where a price changes (pricing.py `cuts`), and each such group
+    is priced once from its sums, exactly. Only prices this code cannot
+    mirror are applied row by row.
     """
     await load_price_entries(conn)
-    src = token_source(f)
+    keys = (key_sql,) if isinstance(key_sql, str) else key_sql
+    src = token_source(f, sessions=any(_SESSION_COLUMN.search(k) for k in (*keys, extra_where)))
     where = src.where + (f" AND {extra_where}" if extra_where else "")
-    sql = f"SELECT {key_sql}, {_TOKEN_COLUMNS} FROM {src.tables} WHERE {where}"
     params = {**f.params(), **(extra_params or {})}
-    groups: dict[Any, Cost] = {}
-    async for rows in _chunks(conn, sql, params):
-        for key, *row in rows:
+    began = not conn.in_transaction
+    if began:
+        await conn.execute("BEGIN")  # one snapshot: the day spans must cover every row
+    try:
+        if any(LOCAL_DAY in key for key in keys):
+            lo, hi = await _one(
+                conn, "SELECT min(recorded_at_ms), max(recorded_at_ms) FROM token_usage"
+            )
+            pieces = timewindow.offset_changes(f.tz, lo or 0, hi or 0)
+            day = timewindow.local_day_sql("u.recorded_at_ms", pieces)
+            keys = tuple(key.replace(LOCAL_DAY, day) for key in keys)
+        # the cuts of the store's kept prices; should a row's price have
+        # others (no entry kept for it yet), the rows are summed again
+        cuts = _Cuts()
+        for pair in installed_pairs():
+            cuts.add(price_of(*pair))
+        width = len(keys)
+        while True:
+            rows = await _all(conn, _grouped_sql(keys, src, where, cuts), params)
+            more = cuts.copy()
+            for pair in {row[width : width + 2] for row in rows}:
+                more.add(price_of(*pair))
+            if more == cuts:
+                break
+            cuts = more
+        groups: dict[Any, Cost] = {}
+        by_rows: set[tuple[str | None, str | None]] = set()
+        for row in rows:
+            key = row[0] if width == 1 else row[:width]
             if key_fn is not None:
                 key = key_fn(key)
+            provider, model = row[width], row[width + 1]
+            at, tier_prompt, n, *tokens = row[width + 5 :]
             acc = groups.get(key)
             if acc is None:
                 acc = groups[key] = Cost()
-            acc.add(*row)
+            acc.add_tokens(*tokens[:5], n)
+            price = price_of(provider, model)
+            micro = None if price is None else price.summed(at, tier_prompt, n, *tokens[5:])
+            if micro is None:
+                acc.unpriced += n
+            elif micro is NotImplemented:
+                by_rows.add((provider, model))
+            else:
+                acc.micro += micro
+        if by_rows:
+            await _price_by_rows(conn, src, where, params, keys, key_fn, by_rows, groups)
+    finally:
+        if began:
+            await conn.execute("COMMIT")
     return groups
+
+
+class _Cuts:
+    """Where the prices in play change: tier starts, start dates, times of day."""
+
+    def __init__(self) -> None:
+        self.starts: set[int] = set()
+        self.dates: set[int] = set()
+        self.times: set[int] = set()
+
+    def add(self, price: Any) -> None:
+        if price is not None:
+            starts, dates, times = price.cuts()
+            self.starts |= starts
+            self.dates |= dates
+            self.times |= times
+
+    def copy(self) -> _Cuts:
+        other = _Cuts()
+        other.starts, other.dates, other.times = set(self.starts), set(self.dates), set(self.times)
+        return other
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Cuts) and (self.starts, self.dates, self.times) == (
+            other.starts, other.dates, other.times)  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _grouped_sql(keys: tuple[str, ...], src: Source, where: str, cuts: _Cuts) -> str:
+    """Token sums per key, provider, model and side of every cut."""
+    names = [f"k{i}" for i in range(len(keys))]
+    columns = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
+    return f"""
+    SELECT {", ".join(names)}, p, m,
+           {_cut_sum("pp", cuts.starts, ">")} AS tier,
+           {_cut_sum("at", cuts.dates, ">=")} AS dated,
+           {_cut_sum("(at % 86400000) * 1000", cuts.times, ">=")} AS timed,
+           min(at), min(pp), count(*), sum(prompt), sum(completion), sum(total),
+           sum(cached), sum(creation), sum(pp), sum(po), sum(pr), sum(pw), sum(ph)
+    FROM (SELECT {columns}, {TOKEN_PROVIDER} AS p, {TOKEN_MODEL} AS m,
+                 u.recorded_at_ms AS at, u.prompt_tokens AS prompt,
+                 u.completion_tokens AS completion, u.total_tokens AS total,
+                 u.cached_prompt_tokens AS cached, u.cache_creation_prompt_tokens AS creation,
+                 {_PRICED_COLUMNS}
+          FROM {src.tables} WHERE {where})
+    GROUP BY {", ".join(names)}, p, m, tier, dated, timed
+    """
+
+
+async def _price_by_rows(
+    conn: aiosqlite.Connection, src: Source, where: str, params: dict[str, Any],
+    keys: tuple[str, ...], key_fn: Callable[..., Any] | None,
+    pairs: set[tuple[str | None, str | None]], groups: dict[Any, Cost],
+) -> None:  # fmt: skip
+    """The cost of these (provider, model) pairs' rows, one row at a time."""
+    sql = (
+        f"SELECT {', '.join(keys)}, {TOKEN_PROVIDER}, {TOKEN_MODEL}, u.recorded_at_ms,"
+        " u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens,"
+        " u.cache_creation_prompt_tokens, u.cache_creation_1h_prompt_tokens"
+        f" FROM {src.tables} WHERE {where}"
+        f" AND ({TOKEN_PROVIDER}, {TOKEN_MODEL}) IN (SELECT value ->> 0, value ->> 1"
+        " FROM json_each(:by_rows))"
+    )
+    width = len(keys)
+    rows_params = {**params, "by_rows": json.dumps(sorted(pairs, key=str))}
+    async for rows in _chunks(conn, sql, rows_params):
+        for row in rows:
+            key = row[0] if width == 1 else row[:width]
+            if key_fn is not None:
+                key = key_fn(key)
+            provider, model, at, *usage = row[width:]
+            pico = cost_pico(provider, model, *usage, at_ms=at)
+            if pico is None:
+                groups[key].unpriced += 1
+            else:
+                groups[key].micro += Fraction(pico, 1_000_000)
 
 
 # --- stats tools --------------------------------------------------------------
@@ -537,14 +667,14 @@ async def _percentiles(
 # --- stats tokens ---------------------------------------------------------------
 
 
-def _group_key(group: str, tz: tzinfo) -> tuple[str, Callable[[Any], str] | None]:
-    if group in ("day", "week", "month"):
-        bucket = {
-            "day": timewindow.day_key,
-            "week": timewindow.week_key,
-            "month": timewindow.month_key,
+def _group_key(group: str) -> tuple[str, Callable[[Any], str] | None]:
+    if group in TIME_GROUPS:
+        text = {
+            "day": timewindow.day_text,
+            "week": timewindow.week_text,
+            "month": timewindow.month_text,
         }[group]
-        return "u.recorded_at_ms", lambda ms: bucket(ms, tz)
+        return LOCAL_DAY, text
     column = {
         "session": "u.thread_id",
         "provider": TOKEN_PROVIDER,
@@ -572,7 +702,7 @@ async def token_groups(
         raise ValueError(f"unknown group {group!r}")
     if order is not None and order not in ORDERS:
         raise ValueError(f"unknown order {order!r}")
-    key_sql, key_fn = _group_key(group, f.tz)
+    key_sql, key_fn = _group_key(group)
     groups = await _costs(conn, f, key_sql, key_fn)
     if group in TIME_GROUPS:
         ordered = sorted(groups.items(), reverse=order == "desc")
@@ -918,21 +1048,11 @@ async def token_stack(
     rows add up to `token_groups(f, group)`'s row, per key to `by`'s."""
     if group not in ("day", "week", "month") or by not in ("model", "provider"):
         raise ValueError(f"unknown stack {group!r} by {by!r}")
-    _, bucket = _group_key(group, f.tz)
+    _, bucket = _group_key(group)
     assert bucket is not None
-    await load_price_entries(conn)
-    src = token_source(f)
-    sql = (
-        f"SELECT u.recorded_at_ms, coalesce(t.{by}, '{UNKNOWN}'), {_TOKEN_COLUMNS}"
-        f" FROM {src.tables} WHERE {src.where}"
-    )
-    groups: dict[tuple[str, str], Cost] = {}
-    async for rows in _chunks(conn, sql, f.params()):
-        for at_ms, key, *row in rows:
-            acc = groups.get(k := (bucket(at_ms), key))
-            if acc is None:
-                acc = groups[k] = Cost()
-            acc.add(*row)
+    column = TOKEN_MODEL if by == "model" else TOKEN_PROVIDER  # a Claude Code call's own
+    key = (LOCAL_DAY, f"coalesce({column}, '{UNKNOWN}')")
+    groups = await _costs(conn, f, key, lambda k: (bucket(k[0]), k[1]))
     buckets = sorted({b for b, _ in groups})[: f.limit]
     kept = set(buckets)
     ordered = sorted(
