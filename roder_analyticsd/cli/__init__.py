@@ -17,16 +17,28 @@ import click
 from roder_analyticsd import __version__
 from roder_analyticsd.cli.common import (
     Failure,
-    OneLineErrors,
+    LazyGroup,
     data_options,
     emit_json,
     run_async,
     settings_for,
 )
 
+_COMMANDS = {
+    "stats": "roder_analyticsd.cli.stats:stats",
+    "export": "roder_analyticsd.cli.data:export_cmd",
+    "import": "roder_analyticsd.cli.data:import_cmd",
+    "serve": "roder_analyticsd.cli.serve:serve",
+    "dashboard": "roder_analyticsd.cli.dashboard:dashboard",
+    "status": "roder_analyticsd.cli.service:status",
+    "install-service": "roder_analyticsd.cli.service:install_service",
+    "uninstall-service": "roder_analyticsd.cli.service:uninstall_service",
+}
+
 
 @click.group(
-    cls=OneLineErrors,
+    cls=LazyGroup,
+    lazy=_COMMANDS,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -130,21 +142,3 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
         f"{report.files_scanned} files, {report.lines_ingested} lines ingested, "
         f"{len(report.parse_errors)} skipped, {report.rollup_rows_refreshed} rollup rows refreshed"
     )
-
-
-def _register() -> None:
-    from roder_analyticsd.cli import dashboard, data, fleet, serve, service, stats
-
-    stats.stats.add_command(fleet.activity)
-    stats.stats.add_command(fleet.fleet)
-    main.add_command(stats.stats)
-    main.add_command(data.export_cmd)
-    main.add_command(data.import_cmd)
-    main.add_command(serve.serve)
-    main.add_command(dashboard.dashboard)
-    main.add_command(service.status)
-    main.add_command(service.install_service)
-    main.add_command(service.uninstall_service)
-
-
-_register()

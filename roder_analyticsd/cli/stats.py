@@ -16,6 +16,7 @@ import click
 
 from roder_analyticsd.cli.common import (
     Failure,
+    LazyGroup,
     UsageProblem,
     data_options,
     emit_json,
@@ -44,7 +45,13 @@ COST_HELP = (
 )
 
 
-@click.group()
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "activity": "roder_analyticsd.cli.fleet:activity",
+        "fleet": "roder_analyticsd.cli.fleet:fleet",
+    },
+)
 def stats() -> None:
     """Answer questions about tokens, cost, tools and sessions."""
 
