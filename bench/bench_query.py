@@ -224,7 +224,7 @@ STATS_COMMANDS = [
     ["tools"],
     ["tools", "--sort", "p95"],
     ["rollups"],
-    ["activity"],
+    ["activity", "--by", "module"],
     ["fleet", "dau"],
     ["fleet", "sessions"],
     ["fleet", "errors"],
