@@ -129,32 +129,52 @@ def class_row(fields: tuple) -> tuple:
 _FIXED_ROWS = {kind: class_row(fields[:8]) for kind, fields in _FIXED.items()}
 
 
+# the three kinds of most lines, classified without `classify`
+_TOOL_ROWS = {False: class_row(_TOOL_OK[:8]), True: class_row(_TOOL_ERROR[:8])}
+_INFERENCE_ROW = class_row(
+    (FEATURE, "session", None, None, "model_request", None, None, None)
+)  # provider and model are the activity row's, not the class's
+
+
 def attribute(batch: Batch) -> Batch:
     activity: list[tuple] = []
     classes: dict[int, tuple] = {}
     owners: list[tuple] = []
     same = {}.setdefault  # one str object per distinct value: smaller pickles (see project)
+    keep = activity.append
     for event in batch.events:
         p = event.payload
         kind = event.kind
-        row = _FIXED_ROWS.get(kind)
         provider = model = None
-        if isinstance(p, ev.AutomationEvent):
-            thread_id = p.run.thread_id or event.thread_id
-            if p.run.thread_id:
-                owners.append((p.run.thread_id, "cron_job", None))
+        if kind == "tool.call_completed":
+            row = _TOOL_ROWS[bool(p.is_error)]
+            thread_id = p.thread_id or event.thread_id
+        elif kind == "inference.started":
+            row = _INFERENCE_ROW
+            ref = p.model
+            if ref is not None:
+                provider, model = ref.provider, ref.model
+            thread_id = p.thread_id or event.thread_id
+        elif kind == "tool.call_started":
+            continue  # no activity of its own: its completion is the tool_call
         else:
-            thread_id = getattr(p, "thread_id", None) or event.thread_id
-        if row is None:
-            if isinstance(p, ev.SubagentEvent):
-                owners.append((p.thread_id, "subagent", p.parent_thread_id))
-            fields = classify(event)
-            if fields is None:
-                continue
-            row = class_row(fields[:8])
-            provider, model = fields[8], fields[9]
+            row = _FIXED_ROWS.get(kind)
+            if isinstance(p, ev.AutomationEvent):
+                thread_id = p.run.thread_id or event.thread_id
+                if p.run.thread_id:
+                    owners.append((p.run.thread_id, "cron_job", None))
+            else:
+                thread_id = getattr(p, "thread_id", None) or event.thread_id
+            if row is None:
+                if isinstance(p, ev.SubagentEvent):
+                    owners.append((p.thread_id, "subagent", p.parent_thread_id))
+                fields = classify(event)
+                if fields is None:
+                    continue
+                row = class_row(fields[:8])
+                provider, model = fields[8], fields[9]
         classes[row[0]] = row
-        activity.append(
+        keep(
             (activity_id(thread_id, event.event_id, kind), same(thread_id, thread_id),
              event.at_ms, row[0], same(provider, provider), same(model, model))
         )  # fmt: skip
