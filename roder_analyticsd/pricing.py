@@ -310,11 +310,7 @@ class _CachedPrice:
         if self.fallback is not None:
             usd = cost_usd(*self.fallback, prompt, completion, cached, creation, at_ms=at_ms)
             return None if usd is None else round(usd * _MICRO)
-        if self.static:
-            _, starts, by_bracket = self.rules[0]
-        else:
-            _, starts, by_bracket = self._rule_at(at_ms)
-        coeffs = by_bracket[bisect_left(starts, prompt) if starts else 0]
+        coeffs = self._coefficients_at(at_ms, prompt)
         if coeffs is None:
             return None
         if cached > prompt:
@@ -330,41 +326,6 @@ class _CachedPrice:
         if 2 * rest > scale or (2 * rest == scale and micro & 1):
             micro += 1
         return micro
-
-    def pico(self, at_ms: int | None, prompt: int, completion: int, cached: int,
-             creation: int, creation_1h: int = 0) -> int | None:  # fmt: skip
-        """The exact cost in pico-dollars (sums stay exact); `creation_1h` is
-        the 1-hour part of `creation` (Anthropic prices it apart)."""
-        prompt = prompt if prompt and prompt > 0 else 0
-        completion = completion if completion and completion > 0 else 0
-        cached = cached if cached and cached > 0 else 0
-        creation = creation if creation and creation > 0 else 0
-        creation_1h = creation_1h if creation_1h and creation_1h > 0 else 0
-        if self.fallback is not None:
-            return cost_pico(*self.fallback, prompt, completion, cached, creation, creation_1h,
-                             at_ms=at_ms)  # fmt: skip
-        if self.static:
-            _, starts, by_bracket = self.rules[0]
-        else:
-            _, starts, by_bracket = self._rule_at(at_ms)
-        coeffs = by_bracket[bisect_left(starts, prompt) if starts else 0]
-        if coeffs is None:
-            return None
-        if len(coeffs) < 7 and creation_1h:  # an entry stored before 1-hour writes were priced
-            return cost_pico(*self.fallback_key, prompt, completion, cached, creation,
-                             creation_1h, at_ms=at_ms)  # fmt: skip
-        cached = min(cached, prompt)
-        creation = min(creation, prompt - cached)
-        creation_1h = min(creation_1h, creation)
-        base, read_delta, write_delta, output, per_request, scale = coeffs[:6]
-        scaled = (
-            base * prompt + read_delta * cached + write_delta * creation + output * completion
-            + per_request + (coeffs[6] * creation_1h if creation_1h else 0)
-        )  # fmt: skip
-        pico, rest = divmod(scaled * _PICO_PER_MICRO, scale)
-        if 2 * rest > scale or (2 * rest == scale and pico & 1):
-            pico += 1
-        return pico
 
     def cuts(self) -> tuple[set[int], set[int], set[int]]:
         """Where this price can change: tier starts (prompt tokens), start
@@ -392,11 +353,7 @@ class _CachedPrice:
         only row by row (a rule this code does not mirror)."""
         if self.fallback is not None:
             return NotImplemented
-        if self.static:
-            _, starts, by_bracket = self.rules[0]
-        else:
-            _, starts, by_bracket = self._rule_at(at_ms)
-        coeffs = by_bracket[bisect_left(starts, tier_prompt) if starts else 0]
+        coeffs = self._coefficients_at(at_ms, tier_prompt)
         if coeffs is None:
             return None
         if len(coeffs) < 7 and creation_1h:  # an entry stored before 1-hour writes were priced
@@ -407,6 +364,15 @@ class _CachedPrice:
             + per_request * requests + (coeffs[6] * creation_1h if creation_1h else 0)
         )  # fmt: skip
         return Fraction(scaled, scale)
+
+    def _coefficients_at(self, at_ms: int | None, tier_prompt: int) -> list | None:
+        """The coefficients of the rule in force at `at_ms`, for the tier
+        bracket of a `tier_prompt`-token prompt (None: not priced)."""
+        if self.static:
+            _, starts, by_bracket = self.rules[0]
+        else:
+            _, starts, by_bracket = self._rule_at(at_ms)
+        return by_bracket[bisect_left(starts, tier_prompt) if starts else 0]
 
     def _rule_at(self, at_ms: int | None) -> tuple:
         if at_ms is None:

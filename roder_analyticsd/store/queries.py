@@ -22,12 +22,14 @@ thousand. With a small window or a turn/session filter, SQLite sorts the
 matching durations once and the ranks are picked while streaming them. No
 list of durations is ever built in Python.
 
-Costs are priced per token row (per turn, or per Claude Code API call: price
-tiers depend on a row's own prompt size, and the price in force at its time),
-exactly in integer pico-dollars, then summed over the rows whose model has a
-known price; `unpricedTurnCount` counts the rows that have none. `costUsd` is
-None only when rows exist and none is priced (never a made-up 0); a group
-with no token rows costs 0.
+Costs are those of each token row (per turn, or per Claude Code API call:
+price tiers depend on a row's own prompt size, and the price in force at its
+time), summed exactly: SQLite sums the rows that share a price rule and tier
+bracket, each such sum is priced once (the price is linear in the counts
+there), and the sum is kept as an exact fraction until the answer's float.
+`unpricedTurnCount` counts the rows whose model has no known price.
+`costUsd` is None only when rows exist and none is priced (never a made-up
+0); a group with no token rows costs 0.
 """
 
 from __future__ import annotations
