@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -10,6 +11,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+# An installed package has its bytecode (pip compiles it); with this set, a
+# source checkout would be compiled again by every timed run, which no user
+# pays. Unset for every child, so the first (warm-up) run writes it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @dataclass
