@@ -289,9 +289,18 @@ def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
     return pieces
 
 
-def local_day_sql(column: str, pieces: list[tuple[int, int]]) -> str:
-    """SQL for the local calendar day (days since 1970-01-01) of the instant
-    in `column`, for instants inside the span of `offset_changes` pieces."""
+SPAN_MS = 32 * 10**9  # ~370 days: the offsets of a zone are worked out span by span
+
+
+def local_day_sql(column: str, tz: tzinfo, spans: list[int]) -> str:
+    """SQL for the local calendar day in `tz` (days since 1970-01-01) of the
+    instant in `column`, for instants in these `SPAN_MS` spans (numbers:
+    instant // SPAN_MS); NULL for an instant in any other span."""
+    pieces: list[tuple[int, int]] = []
+    for span in sorted(set(spans)):
+        pieces += offset_changes(tz, span * SPAN_MS, (span + 1) * SPAN_MS - 1)
+    if not pieces:
+        return "NULL"
     if len(pieces) == 1:
         offset = str(pieces[0][1])
     else:
@@ -302,7 +311,9 @@ def local_day_sql(column: str, pieces: list[tuple[int, int]]) -> str:
         offset = f"CASE {cases} ELSE {pieces[-1][1]} END"
     # shifted by 100000 days so the integer division floors (instants near
     # 1970-01-01 in a zone west of UTC are before the local epoch)
-    return f"(({column} + {offset} + {100_000 * _MS_PER_DAY}) / {_MS_PER_DAY} - 100000)"
+    day = f"(({column} + {offset} + {100_000 * _MS_PER_DAY}) / {_MS_PER_DAY} - 100000)"
+    known = ", ".join(str(span) for span in sorted(set(spans)))
+    return f"(CASE WHEN {column} / {SPAN_MS} IN ({known}) THEN {day} END)"
 
 
 def day_text(days: int) -> str:

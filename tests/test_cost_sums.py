@@ -134,12 +134,19 @@ def test_local_day_in_sql_is_local_day(zone: str, lo: int, span: int, probes: li
     import sqlite3
 
     tz = ZoneInfo(zone)
-    pieces = timewindow.offset_changes(tz, lo, lo + span)
-    sql = timewindow.local_day_sql("x", pieces)
     instants = [lo + int(p * span) for p in probes]
-    # and either side of every change the span holds
-    instants += [at + d for at, _ in pieces[1:] for d in (-1, 0) if lo <= at + d <= lo + span]
+    spans = [at // timewindow.SPAN_MS for at in instants]
+    sql = timewindow.local_day_sql("x", tz, spans)
+    # and either side of every offset change in those spans
+    for s in set(spans):
+        pieces = timewindow.offset_changes(
+            tz, s * timewindow.SPAN_MS, (s + 1) * timewindow.SPAN_MS - 1
+        )
+        instants += [at + d for at, _ in pieces[1:] for d in (-1, 0)]
     conn = sqlite3.connect(":memory:")
     for at in instants:
         (got,) = conn.execute(f"SELECT {sql} FROM (SELECT ? AS x)", (at,)).fetchone()
         assert got == timewindow._local_day(at, tz), (zone, at)
+    outside = (max(spans) + 1) * timewindow.SPAN_MS
+    if outside // timewindow.SPAN_MS not in spans:  # a span not given: no day
+        assert conn.execute(f"SELECT {sql} FROM (SELECT ? AS x)", (outside,)).fetchone() == (None,)

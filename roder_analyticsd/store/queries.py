@@ -383,7 +383,17 @@ _PRICED_COLUMNS = (
     f" min(max(u.cache_creation_1h_prompt_tokens, 0), {_W}) AS ph"
 )
 _SESSION_COLUMN = re.compile(r"(?<![\w.])s\.")  # SQL that reads the session row `s`
-LOCAL_DAY = "{local_day}"  # in a key: the row's calendar day in `Filters.tz`
+LOCAL_DAY = "{local_day}"
+# which `timewindow.SPAN_MS` spans hold token rows: an index seek per span
+_TOKEN_SPANS = f"""
+WITH RECURSIVE span(v) AS (
+    SELECT min(recorded_at_ms) / {timewindow.SPAN_MS} FROM token_usage
+    UNION ALL
+    SELECT (SELECT min(recorded_at_ms) / {timewindow.SPAN_MS} FROM token_usage
+            WHERE recorded_at_ms >= (v + 1) * {timewindow.SPAN_MS})
+    FROM span WHERE v IS NOT NULL)
+SELECT v FROM span
+"""  # in a key: the row's calendar day in `Filters.tz`
 
 
 def _cut_sum(expr: str, cuts: Iterable[int], op: str) -> str:
@@ -416,57 +426,77 @@ async def _costs(
     src = token_source(f, sessions=any(_SESSION_COLUMN.search(k) for k in (*keys, extra_where)))
     where = src.where + (f" AND {extra_where}" if extra_where else "")
     params = {**f.params(), **(extra_params or {})}
-    began = not conn.in_transaction
-    if began:
-        await conn.execute("BEGIN")  # one snapshot: the day spans must cover every row
-    try:
-        if any(LOCAL_DAY in key for key in keys):
-            lo, hi = await _one(
-                conn, "SELECT min(recorded_at_ms), max(recorded_at_ms) FROM token_usage"
-            )
-            pieces = timewindow.offset_changes(f.tz, lo or 0, hi or 0)
-            day = timewindow.local_day_sql("u.recorded_at_ms", pieces)
-            keys = tuple(key.replace(LOCAL_DAY, day) for key in keys)
-        # the cuts of the store's kept prices; should a row's price have
-        # others (no entry kept for it yet), the rows are summed again
-        cuts = _Cuts()
-        for pair in installed_pairs():
-            cuts.add(price_of(*pair))
-        width = len(keys)
-        while True:
-            rows = await _all(conn, _grouped_sql(keys, src, where, cuts), params)
-            more = cuts.copy()
-            for pair in {row[width : width + 2] for row in rows}:
-                more.add(price_of(*pair))
-            if more == cuts:
-                break
+    day_keys = [i for i, key in enumerate(keys) if LOCAL_DAY in key]
+    width = len(keys)
+    # the cuts of the store's kept prices; should a row's price have others
+    # (no entry kept for it yet), the rows are summed again
+    cuts = _Cuts()
+    for pair in installed_pairs():
+        cuts.add(price_of(*pair))
+    by_rows: set[tuple[str, str]] = set()  # pairs whose rows are priced one by one
+    while True:
+        grouped = keys
+        if day_keys:
+            # the zone's offsets over the spans that hold token rows; a row in
+            # another span (written since) has no day, and the spans are read again
+            spans = [v for (v,) in await _all(conn, _TOKEN_SPANS) if v is not None]
+            day = timewindow.local_day_sql("u.recorded_at_ms", f.tz, spans)
+            grouped = tuple(key.replace(LOCAL_DAY, day) for key in keys)
+        sql = _grouped_sql(grouped, src, where, cuts, exclude=bool(by_rows))
+        rows = await _all(conn, sql, {**params, "by_rows": _pairs_json(by_rows)})
+        if any(row[i] is None for row in rows for i in day_keys):
+            continue
+        more = cuts.copy()
+        for pair in {row[width : width + 2] for row in rows}:
+            more.add(price_of(*pair))
+        if more != cuts:
             cuts = more
-        groups: dict[Any, Cost] = {}
-        by_rows: set[tuple[str | None, str | None]] = set()
-        for row in rows:
-            key = row[0] if width == 1 else row[:width]
-            if key_fn is not None:
-                key = key_fn(key)
-            provider, model = row[width], row[width + 1]
-            at, tier_prompt, n, *tokens = row[width + 5 :]
-            acc = groups.get(key)
-            if acc is None:
-                acc = groups[key] = Cost()
-            acc.add_tokens(*tokens[:5], n)
-            price = price_of(provider, model)
-            micro = None if price is None else price.summed(at, tier_prompt, n, *tokens[5:])
-            if micro is None:
-                acc.unpriced += n
-            elif micro is NotImplemented:
-                by_rows.add((provider, model))
-            else:
-                acc.micro += micro
-        if by_rows:
-            await _price_by_rows(conn, src, where, params, keys, key_fn, by_rows, groups)
-    finally:
-        if began:
-            await conn.execute("COMMIT")
+            continue
+        groups, unmirrored = _fold(rows, width, key_fn)
+        if not unmirrored:
+            break
+        by_rows |= unmirrored
+    if by_rows:
+        await _price_by_rows(conn, src, where, params, grouped, day_keys, key_fn, by_rows, groups)
     return groups
+
+
+def _fold(
+    rows: list[Any], width: int, key_fn: Callable[..., Any] | None
+) -> tuple[dict[Any, Cost], set[tuple[str, str]]]:
+    """Grouped token sums → one Cost per output key, and the pairs whose
+    price can only be applied row by row (their groups left out)."""
+    groups: dict[Any, Cost] = {}
+    unmirrored: set[tuple[str, str]] = set()
+    for row in rows:
+        key = row[0] if width == 1 else row[:width]
+        if key_fn is not None:
+            key = key_fn(key)
+        provider, model = row[width], row[width + 1]
+        at, tier_prompt, n, *tokens = row[width + 5 :]
+        price = price_of(provider, model)
+        micro = None if price is None else price.summed(at, tier_prompt, n, *tokens[5:])
+        if micro is NotImplemented:
+            unmirrored.add((provider, model))
+            continue
+        acc = groups.get(key)
+        if acc is None:
+            acc = groups[key] = Cost()
+        acc.add_tokens(*tokens[:5], n)
+        if micro is None:
+            acc.unpriced += n
+        else:
+            acc.micro += micro
+    return groups, unmirrored
+
+
+def _pairs_json(pairs: set[tuple[str, str]]) -> str:
+    return json.dumps(sorted(pairs))
+
+
+_PAIR_IN = (
+    "EXISTS (SELECT 1 FROM json_each(:by_rows) j WHERE j.value ->> 0 = {p} AND j.value ->> 1 = {m})"
+)
 
 
 class _Cuts:
@@ -496,8 +526,11 @@ class _Cuts:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _grouped_sql(keys: tuple[str, ...], src: Source, where: str, cuts: _Cuts) -> str:
-    """Token sums per key, provider, model and side of every cut."""
+def _grouped_sql(
+    keys: tuple[str, ...], src: Source, where: str, cuts: _Cuts, *, exclude: bool
+) -> str:
+    """Token sums per key, provider, model and side of every cut; with
+    `exclude`, none of the (provider, model) pairs in `:by_rows`."""
     names = [f"k{i}" for i in range(len(keys))]
     columns = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
     return f"""
@@ -513,37 +546,44 @@ def _grouped_sql(keys: tuple[str, ...], src: Source, where: str, cuts: _Cuts) ->
                  u.cached_prompt_tokens AS cached, u.cache_creation_prompt_tokens AS creation,
                  {_PRICED_COLUMNS}
           FROM {src.tables} WHERE {where})
+    WHERE {"NOT " + _PAIR_IN.format(p="p", m="m") if exclude else "1"}
     GROUP BY {", ".join(names)}, p, m, tier, dated, timed
     """
 
 
 async def _price_by_rows(
     conn: aiosqlite.Connection, src: Source, where: str, params: dict[str, Any],
-    keys: tuple[str, ...], key_fn: Callable[..., Any] | None,
-    pairs: set[tuple[str | None, str | None]], groups: dict[Any, Cost],
+    keys: tuple[str, ...], day_keys: list[int], key_fn: Callable[..., Any] | None,
+    pairs: set[tuple[str, str]], groups: dict[Any, Cost],
 ) -> None:  # fmt: skip
-    """The cost of these (provider, model) pairs' rows, one row at a time."""
+    """The token sums and cost of these (provider, model) pairs' rows (left
+    out of the grouped sums), one row at a time. A row with no day was
+    written after the grouped sums were read: left for the next query."""
+    pair = _PAIR_IN.format(p=TOKEN_PROVIDER, m=TOKEN_MODEL)
     sql = (
         f"SELECT {', '.join(keys)}, {TOKEN_PROVIDER}, {TOKEN_MODEL}, u.recorded_at_ms,"
-        " u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens,"
+        " u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_prompt_tokens,"
         " u.cache_creation_prompt_tokens, u.cache_creation_1h_prompt_tokens"
-        f" FROM {src.tables} WHERE {where}"
-        f" AND ({TOKEN_PROVIDER}, {TOKEN_MODEL}) IN (SELECT value ->> 0, value ->> 1"
-        " FROM json_each(:by_rows))"
+        f" FROM {src.tables} WHERE {where} AND {pair}"
     )
     width = len(keys)
-    rows_params = {**params, "by_rows": json.dumps(sorted(pairs, key=str))}
-    async for rows in _chunks(conn, sql, rows_params):
+    async for rows in _chunks(conn, sql, {**params, "by_rows": _pairs_json(pairs)}):
         for row in rows:
+            if any(row[i] is None for i in day_keys):
+                continue
             key = row[0] if width == 1 else row[:width]
             if key_fn is not None:
                 key = key_fn(key)
-            provider, model, at, *usage = row[width:]
-            pico = cost_pico(provider, model, *usage, at_ms=at)
+            provider, model, at, prompt, completion, total, cached, creation, hour = row[width:]
+            acc = groups.get(key)
+            if acc is None:
+                acc = groups[key] = Cost()
+            acc.add_tokens(prompt, completion, total, cached, creation, 1)
+            pico = cost_pico(provider, model, prompt, completion, cached, creation, hour, at_ms=at)
             if pico is None:
-                groups[key].unpriced += 1
+                acc.unpriced += 1
             else:
-                groups[key].micro += Fraction(pico, 1_000_000)
+                acc.micro += Fraction(pico, 1_000_000)
 
 
 # --- stats tools --------------------------------------------------------------
