@@ -150,3 +150,42 @@ def test_local_day_in_sql_is_local_day(zone: str, lo: int, span: int, probes: li
     outside = (max(spans) + 1) * timewindow.SPAN_MS
     if outside // timewindow.SPAN_MS not in spans:  # a span not given: no day
         assert conn.execute(f"SELECT {sql} FROM (SELECT ? AS x)", (outside,)).fetchone() == (None,)
+
+
+def test_a_price_only_applied_row_by_row_sums_the_same(tmp_path: Path) -> None:
+    """An entry kept before 1-hour cache writes were priced has no 1-hour
+    coefficient: its calls with 1-hour writes are priced one by one (through
+    genai-prices), and still add up as each row's own price."""
+    provider, model = "anthropic", "claude-sonnet-4-5"
+    key = f"{provider}\x1f{model}"
+    full = pricing.price_entries([(provider, model)])
+    old = {key: [[rule, starts, [c[:6] if c else c for c in coeffs]]
+                 for rule, starts, coeffs in full[key]]}  # fmt: skip
+    at = START_MS + 86_400_000
+    rows = [
+        (0, at, 300_000, 2_000, 100_000, 50_000, 20_000, True),  # over the tier start
+        (0, at + 1, 10_000, 500, 2_000, 4_000, 4_000, True),
+        (0, at + 2, 10_000, 500, 2_000, 4_000, 0, True),  # no 1-hour writes: grouped
+        (2, at + 3, 10_000, 500, 0, 0, 0, False),
+    ]
+
+    async def run() -> list:
+        conn = await open_store(tmp_path / "store.sqlite3")
+        try:
+            roder, claude = _rows(rows)
+            await write_rows(conn, roder, [])
+            await write_rows(conn, claude, [], "claude-code")
+            pricing.install_price_entries(pricing.price_table_version(), old)
+            return await queries.token_groups(conn, queries.Filters(limit=10), "model")
+        finally:
+            pricing.install_price_entries(pricing.price_table_version(), full)
+            await conn.close()
+
+    got = {r["group"]: r for r in anyio.run(run)}
+    want = _row_by_row(rows, lambda m, at: MODELS[m][1])
+    assert set(got) == set(want)
+    for name, (total, unpriced) in want.items():
+        assert got[name]["unpricedTurnCount"] == unpriced == 0
+        assert got[name]["costUsd"] == pytest.approx(float(total), abs=1e-11)
+    assert got[model]["turnCount"] == 3
+    assert got[model]["totalTokens"] == 300_000 + 2_000 + 2 * 10_500
