@@ -169,9 +169,30 @@ def cost_usd_aggregate(
 @functools.cache
 def price_table_version() -> str:
     """Version of the bundled price table, e.g. `genai-prices 0.2.3`."""
+    return f"genai-prices {_installed_version('genai_prices')}"
+
+
+def _installed_version(package: str) -> str:
+    """The installed distribution's version, read from the name of its
+    `<package>-<version>.dist-info` dir beside the package (found, never
+    imported); else from importlib.metadata, whose import (email parsing,
+    zipfile) would cost a query more than its SQL."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.origin is not None:
+        prefix, suffix = f"{package}-", ".dist-info"
+        found = [
+            entry.name[len(prefix) : -len(suffix)]
+            for entry in Path(spec.origin).parent.parent.iterdir()
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix)
+        ]
+        if len(found) == 1:
+            return found[0]
     from importlib.metadata import version
 
-    return f"genai-prices {version('genai-prices')}"
+    return version(package)
 
 
 # -- price entries: what one (provider, model) costs, as plain JSON ----------
