@@ -189,9 +189,8 @@ class Ingestor:
         chain = stages(self.settings.workspace_labels)
         if name is None:
             name = functools.partial(relative, data_dir=data_dir)
-        # (the live daemon never stages in workers: no extra stat per file;
-        # other agents' logs are staged here)
-        staged_here = self.worker_min_bytes is None or agent != "roder"
+        # (the live daemon never stages in workers: no extra stat per file)
+        staged_here = self.worker_min_bytes is None
         pending = [] if staged_here else _pending_bytes(events, self.checkpoints)
         in_workers = not staged_here and (
             sum(item.size for item in pending) >= self.worker_min_bytes
@@ -206,7 +205,7 @@ class Ingestor:
                     batch = Batch(path="metadata", metadata_files=files)
                     await send.send(run_stages(batch, chain) if in_workers else batch)
                 if in_workers:
-                    await self._stage_in_workers(pending, report, progress, send, stop)
+                    await self._stage_in_workers(pending, agent, name, report, progress, send, stop)
                     return
                 for done, path in enumerate(events, 1):
                     if stop is not None and stop():
@@ -230,6 +229,8 @@ class Ingestor:
     async def _stage_in_workers(
         self,
         pending: list[Pending],
+        agent: str,
+        name: Callable[[Path], str],
         report: Report,
         progress: Callable[[int, int], None] | None,
         send: ObjectSendStream[Batch],
@@ -238,7 +239,7 @@ class Ingestor:
         """Source and stages run in worker processes, a slice of files per
         call; their staged batches go on to the writer here, in this process."""
         slices = _slices(pending, SLICE_BYTES)
-        data_dir, labels = self.settings.data_dir, self.settings.workspace_labels
+        labels = self.settings.workspace_labels
         staged_send, staged_recv = anyio.create_memory_object_stream[
             tuple[list[Batch], list[FileRead]]
         ](1)
@@ -252,7 +253,7 @@ class Ingestor:
                     # must not grow with the number of files already known
                     known = {k: self.checkpoints[k] for k in keys if k in self.checkpoints}
                     try:
-                        result = await worker.call(stage_files, paths, data_dir, known, labels)
+                        result = await worker.call(stage_files, paths, name, known, labels, agent)
                     except WorkerDied:
                         raise WorkerError(
                             "a worker process stopped unexpectedly; what was written is "

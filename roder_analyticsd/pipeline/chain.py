@@ -20,7 +20,7 @@ from roder_analyticsd.pipeline.batch import Batch, Checkpoint
 from roder_analyticsd.pipeline.project import project
 from roder_analyticsd.pipeline.redact import WorkspaceLabels, redact
 from roder_analyticsd.sources import claude_code
-from roder_analyticsd.sources.files import FileRead, read_new_lines, relative
+from roder_analyticsd.sources.files import FileRead, read_new_lines
 from roder_analyticsd.sources.roder import decode
 
 Stage = Callable[[Batch], Batch]
@@ -57,23 +57,27 @@ def run_stages(batch: Batch, chain: Sequence[Stage]) -> Batch:
 
 def stage_files(
     paths: list[Path],
-    data_dir: Path,
+    name: Callable[[Path], str],
     checkpoints: dict[str, Checkpoint],
     workspace_labels: WorkspaceLabels,
+    agent: str = "roder",
 ) -> tuple[list[Batch], list[FileRead]]:
-    """Source and every stage for a slice of files, in one call.
+    """Source and every stage for a slice of one agent's files, in one call.
 
     This is what a worker process runs for a backfill (see live/ingest.py): it
     takes file paths and gives back only the compact rows, so neither raw
-    lines nor events cross the process boundary.
+    lines nor events cross the process boundary. `name` is how a file is
+    named in checkpoints and reports (picklable: a module-level function or
+    a functools.partial of one).
     """
     chain = stages(workspace_labels)
     staged: list[Batch] = []
     outcomes: list[FileRead] = []
     for path in paths:
-        outcome = FileRead(relative(path, data_dir))
-        staged.extend(run_stages(batch, chain) for batch in read_new_lines(
-            path, data_dir, checkpoints, outcome))  # fmt: skip
+        outcome = FileRead(name(path))
+        for batch in read_new_lines(path, path.parent, checkpoints, outcome):
+            batch.agent = agent
+            staged.append(run_stages(batch, chain))
         outcomes.append(outcome)
     return staged, outcomes
 
