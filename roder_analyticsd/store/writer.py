@@ -168,20 +168,21 @@ def tagged(sql: str, agent: str) -> str:
 # A Claude Code API call (pipeline/claude_code.py: call_rank is this order).
 # A sidechain copy of a message id that a non-sidechain row holds is not
 # inserted, and such copies are deleted when the non-sidechain row comes:
-# either arrival order ends with the same rows.
+# either arrival order ends with the same rows. Non-sidechain calls are
+# written first and by a plain VALUES upsert (the check is for sidechain
+# copies only; INSERT … SELECT costs twice as much per row), then the
+# sidechain ones, checked against every non-sidechain row, new ones too.
 _CALL_RANK = (
     "(-{p}is_sidechain, {p}total_tokens, {p}recorded_at_ms, {p}completion_tokens,"
     " COALESCE({p}model, ''))"
 )
-UPSERT_API_CALL = """
+_CALL_COLUMNS = """
 INSERT INTO token_usage (thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
                          total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,
                          cache_creation_1h_prompt_tokens, provider, model, message_id,
-                         is_sidechain, agent)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'claude-code'
-WHERE NOT (?13 = 1 AND ?12 IS NOT NULL AND EXISTS (
-    SELECT 1 FROM token_usage x WHERE x.message_id = ?12 AND x.is_sidechain = 0
-                                  AND NOT (x.thread_id = ?1 AND x.turn_id = ?2)))
+                         is_sidechain, agent)"""
+_CALL_VALUES = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'claude-code'"
+_CALL_CONFLICT = """
 ON CONFLICT (thread_id, turn_id) DO UPDATE SET
     recorded_at_ms = excluded.recorded_at_ms,
     prompt_tokens = excluded.prompt_tokens,
@@ -196,15 +197,39 @@ ON CONFLICT (thread_id, turn_id) DO UPDATE SET
     is_sidechain = excluded.is_sidechain
 WHERE {excluded} > {stored}
 """.format(excluded=_CALL_RANK.format(p="excluded."), stored=_CALL_RANK.format(p=""))
-_SIDECHAIN_COPIES = """
-SELECT u.recorded_at_ms FROM json_each(?) k
-JOIN token_usage u ON u.message_id = k.value ->> 0 AND u.is_sidechain = 1
-WHERE NOT (u.thread_id = k.value ->> 1 AND u.turn_id = k.value ->> 2)
+UPSERT_API_CALL = f"{_CALL_COLUMNS}\nVALUES ({_CALL_VALUES}){_CALL_CONFLICT}"
+UPSERT_SIDECHAIN_CALL = f"""{_CALL_COLUMNS}
+SELECT {_CALL_VALUES}
+WHERE NOT (?12 IS NOT NULL AND EXISTS (
+    SELECT 1 FROM token_usage x WHERE x.message_id = ?12 AND x.is_sidechain = 0
+                                  AND NOT (x.thread_id = ?1 AND x.turn_id = ?2))){_CALL_CONFLICT}"""
+# stored sidechain rows of these message ids (a JSON array of them)
+_SIDECHAIN_ROWS = """
+SELECT u.message_id, u.thread_id, u.turn_id, u.recorded_at_ms FROM json_each(?) k
+JOIN token_usage u ON u.message_id = k.value AND u.is_sidechain = 1
 """
-DELETE_SIDECHAIN_COPY = """
-DELETE FROM token_usage WHERE message_id = ?1 AND is_sidechain = 1
-                          AND NOT (thread_id = ?2 AND turn_id = ?3)
-"""
+# (still a sidechain row: not one this batch's own non-sidechain call replaced)
+DELETE_SIDECHAIN_COPY = (
+    "DELETE FROM token_usage WHERE thread_id = ? AND turn_id = ? AND is_sidechain = 1"
+)
+
+
+async def _sidechain_copies(conn: aiosqlite.Connection, calls: list[tuple]) -> list[tuple]:
+    """(thread_id, turn_id, recorded_at_ms) of the stored sidechain copies
+    that these non-sidechain calls replace: rows of the same message id
+    under another key."""
+    if not calls:
+        return []
+    keys: dict[str, set[tuple[str, str]]] = {}
+    for r in calls:
+        keys.setdefault(r[11], set()).add((r[0], r[1]))
+    async with conn.execute(_SIDECHAIN_ROWS, (json.dumps(list(keys)),)) as cur:
+        found = await cur.fetchall()
+    return [
+        (thread_id, turn_id, at)
+        for message_id, thread_id, turn_id, at in found
+        if keys[message_id] - {(thread_id, turn_id)}
+    ]
 
 
 def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tuple]:
@@ -232,19 +257,19 @@ async def write_rows(
     """
     async with transaction(conn):
         days = await touched_days(conn, rows)  # reads the stamps the upserts replace
-        # non-sidechain calls that replace sidechain copies of their message
-        owners = [(r[11], r[0], r[1]) for r in rows.api_calls if r[11] is not None and not r[12]]
-        if owners:
-            async with conn.execute(_SIDECHAIN_COPIES, (json.dumps(owners),)) as cur:
-                days.update(row[0] // DAY_MS for row in await cur.fetchall())
+        calls = [r for r in rows.api_calls if not r[12]]
+        sidechain_calls = [r for r in rows.api_calls if r[12]]
+        copies = await _sidechain_copies(conn, [r for r in calls if r[11] is not None])
+        days.update(at // DAY_MS for _, _, at in copies)
         statements = _STATEMENTS.get(agent) or _statements(agent)
         for sql, params in (
             (statements[0], rows.sessions),
             (statements[1], rows.turns),
             (statements[2], rows.tool_calls),
             (UPSERT_TOKEN_USAGE, rows.token_usage),
-            (UPSERT_API_CALL, rows.api_calls),
-            (DELETE_SIDECHAIN_COPY, owners),
+            (UPSERT_API_CALL, calls),
+            (UPSERT_SIDECHAIN_CALL, sidechain_calls),
+            (DELETE_SIDECHAIN_COPY, [copy[:2] for copy in copies]),
             (INSERT_ACTIVITY_CLASS, list(dict.fromkeys(rows.activity_classes))),
             (INSERT_ACTIVITY, rows.activity),
             (UPSERT_THREAD_OWNER, rows.thread_owners),
