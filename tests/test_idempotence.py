@@ -11,10 +11,10 @@ from pathlib import Path
 
 import anyio
 from conftest import SAMPLE_DIR, dump_tables
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from roder_analyticsd.pipeline.batch import Batch
+from roder_analyticsd.pipeline.batch import Batch, Rows
 from roder_analyticsd.pipeline.chain import run_stages, stages
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import all_days, refresh_rollups
@@ -105,3 +105,55 @@ def test_clean_pass_is_not_trivially_empty(tmp_path):
     assert len(tables["tool_calls"]) > 50
     assert any(row[-1] == "completed" for row in tables["turns"])
     assert tables["thread_owners"]
+
+
+# --- Claude Code's API calls: sidechain copies, in any arrival order ------------
+
+# (session, message id, request id): one message under three keys, another, none
+_CALL_IDS = [("s1", "m1", "r1"), ("s1", "m1", "r2"), ("s2", "m1", "r1"), ("s2", "m2", "r1"),
+             ("s1", None, "u1")]  # fmt: skip
+calls = st.builds(
+    lambda ids, at, total, sidechain: (
+        ids[0], f"{ids[1]}:{ids[2]}" if ids[1] else f"uuid:{ids[2]}", 1_790_000_000_000 + at,
+        total, 1, total + 1, 0, 0, 0, "anthropic", "claude-x", ids[1], sidechain,
+    ),
+    st.sampled_from(_CALL_IDS), st.integers(0, 2), st.integers(1, 3), st.integers(0, 1),
+)  # fmt: skip
+
+
+async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
+    conn = await open_store(store)
+    try:
+        for group in groups:
+            await write_rows(conn, Rows(api_calls=group), [], "claude-code")
+        sql = (
+            "SELECT thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,"
+            " total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,"
+            " cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain, agent"
+            " FROM token_usage ORDER BY thread_id, turn_id"
+        )
+        async with conn.execute(sql) as cur:
+            return list(await cur.fetchall())
+    finally:
+        await conn.close()
+
+
+def _call(session: str, request: str, sidechain: int) -> tuple:
+    return (session, f"m1:{request}", 1_790_000_000_000, 1, 1, 2, 0, 0, 0, "anthropic",
+            "claude-x", "m1", sidechain)  # fmt: skip
+
+
+@settings(max_examples=100)
+@given(rows=st.lists(st.tuples(calls, st.integers(0, 2)), min_size=1, max_size=8))
+# a stored copy, then its key's own non-sidechain call with another owner beside it
+@example(rows=[(_call("s1", "r1", 1), 0), (_call("s1", "r1", 0), 1), (_call("s1", "r2", 0), 1)])
+def test_calls_and_sidechain_copies_in_any_order_and_grouping(tmp_path_factory, rows):
+    """A sidechain copy of a message that a non-sidechain call holds under
+    another key is never kept, whichever comes first, in one write or in
+    several; otherwise each key keeps its best copy."""
+    tmp = tmp_path_factory.mktemp("calls")
+    whole = anyio.run(_write_calls, tmp / "one.sqlite3", [sorted(row for row, _ in rows)])
+    groups = [[row for row, group in rows if group == n] for n in range(3)]
+    assert anyio.run(_write_calls, tmp / "split.sqlite3", groups) == whole
+    held = {r[11] for r in whole if r[11] is not None and not r[12]}
+    assert not [r for r in whole if r[12] and r[11] in held]

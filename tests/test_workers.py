@@ -1,5 +1,6 @@
 """A backlog staged in worker processes (as `--once` does for a big data
-dir) gives exactly the store one process gives; old stores migrate."""
+dir, or a big Claude Code tree) gives exactly the store one process gives;
+old stores migrate."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import REPO, dump_tables
+from conftest import REPO, SAMPLES, dump_tables
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.live import ingest
-from roder_analyticsd.live.ingest import Ingestor, Report, StrictModeError, WorkerError, finish
+from roder_analyticsd.live.ingest import (
+    Ingestor,
+    Report,
+    StrictModeError,
+    WorkerError,
+    finish,
+    ingest_claude_code,
+)
+from roder_analyticsd.live.workers import Worker
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import dirty_days
@@ -43,6 +52,27 @@ def ingest_once(data_dir: Path, store: Path, *, workers: bool, strict: bool = Fa
     return anyio.run(go)
 
 
+def ingest_claude(root: Path, store: Path, *, workers: bool) -> Report:
+    """Every Claude Code log under `root`, as `--once` reads them."""
+
+    async def go() -> Report:
+        conn = await open_store(store)
+        try:
+            settings = load_settings(store.parent / "no-roder", store)
+            ingestor = Ingestor(
+                conn, settings, strict=False, worker_min_bytes=0 if workers else None
+            )
+            await ingestor.start()
+            report = Report()
+            await ingest_claude_code(ingestor, [root], report)
+            await finish(conn, settings, report)
+            return report
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
 def test_worker_processes_give_the_same_store(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(ingest, "SLICE_BYTES", 2048)  # many slices, finishing in any order
     alone = ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
@@ -60,6 +90,35 @@ def test_worker_processes_give_the_same_store(tmp_path, data_dir, monkeypatch):
     again = ingest_once(data_dir, tmp_path / "staged.sqlite3", workers=True)
     assert again.lines_ingested == 0
     assert again.lines_skipped_by_offset >= staged.lines_ingested
+
+
+def test_claude_code_logs_in_workers_give_the_same_store(tmp_path, monkeypatch):
+    root = SAMPLES / "claude-code" / "home" / ".claude"
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 2048)  # many slices, finishing in any order
+    alone = ingest_claude(root, tmp_path / "alone.sqlite3", workers=False)
+    called, call = [], Worker.call
+
+    async def recording(self, func, *args):
+        called.append(func.__name__)
+        return await call(self, func, *args)
+
+    monkeypatch.setattr(Worker, "call", recording)
+    staged = ingest_claude(root, tmp_path / "staged.sqlite3", workers=True)
+    assert called.count("stage_files") > 5  # the slices did go to the workers
+
+    assert dump_tables(tmp_path / "staged.sqlite3") == dump_tables(tmp_path / "alone.sqlite3")
+    assert staged.to_json() == alone.to_json()
+    assert staged.lines_ingested > 0 and staged.files_scanned > 10
+    with sqlite3.connect(tmp_path / "staged.sqlite3") as conn:
+        agents = {row[0] for row in conn.execute("SELECT agent FROM token_usage")}
+        paths = {row[0] for row in conn.execute("SELECT path FROM files")}
+    assert agents == {"claude-code"}  # the workers' batches kept their agent
+    assert paths and all(p.startswith("claude-code:0/projects/") for p in paths)  # and names
+
+    # the checkpoints came back from the workers too: nothing is read twice
+    again = ingest_claude(root, tmp_path / "staged.sqlite3", workers=True)
+    assert again.lines_ingested == 0
+    assert again.lines_skipped_by_offset == staged.lines_ingested + len(staged.parse_errors)
 
 
 def test_strict_mode_stops_cleanly_in_workers(tmp_path, data_dir):
@@ -152,6 +211,39 @@ def test_a_killed_worker_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatc
     # what committed before the kill stays; running again reads the rest, once
     ingest_once(data_dir, store, workers=True)
     ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
+    assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_worker_staging_claude_code_is_a_clear_error_and_loses_nothing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import gen_claude
+
+    root = tmp_path / "home" / ".claude"
+    gen_claude.generate(root, 5_000)
+    monkeypatch.setattr(ingest, "SLICE_BYTES", 16_384)  # many calls: the kill lands mid-run
+    store = tmp_path / "killed.sqlite3"
+    before = set(_children())
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if workers := set(_children()) - before:
+                os.kill(min(workers), signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    with pytest.raises(WorkerError, match="worker process stopped unexpectedly"):
+        ingest_claude(root, store, workers=True)
+    killer.join()
+
+    # what committed before the kill stays; running again reads the rest, once
+    ingest_claude(root, store, workers=True)
+    ingest_claude(root, tmp_path / "alone.sqlite3", workers=False)
     assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
 
 
