@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
-from conftest import copy_sample, run_cli
+from conftest import REPO, _env, copy_sample, run_cli
 
 from roder_analyticsd.cli import main
 from roder_analyticsd.store import queries
+from roder_analyticsd.store.connection import open_store
 
 SUMMARY_KEYS = [
     "sessionCount",
@@ -220,6 +224,42 @@ def test_summary_shape_and_sample_numbers(sample, expected):
     per_model = stats_json(*sample, "tokens", "--group", "model")
     assert got["costUsd"] == pytest.approx(sum(r["costUsd"] for r in per_model), abs=1e-6)
     assert got["costUsd"] > 0
+
+
+def test_a_query_process_never_starts_an_event_loop(sample):
+    """`stats` reads in its own thread (store/blocking.py): the same JSON as
+    through aiosqlite, and neither asyncio, aiosqlite, anyio nor
+    importlib.metadata is imported for it (their imports cost more than a
+    query)."""
+    data_dir, store = sample
+    code = (
+        "import sys\n"
+        "from roder_analyticsd.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('asyncio', 'aiosqlite', 'anyio', 'importlib.metadata')"
+        " if m in sys.modules), file=sys.stderr)\n"
+    )
+    for args in (("tokens", "--group", "day"), ("summary",), ("tools",)):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "stats", *args, "--json", "--data-dir", data_dir,
+             "--store", store],
+            capture_output=True, text=True, check=True, cwd=REPO, env=_env(),
+        )  # fmt: skip
+        assert proc.stderr.strip() == "[]", (args, proc.stderr)
+
+        async def through_aiosqlite(args=args):
+            conn = await open_store(store, readonly=True)
+            try:
+                f = queries.Filters(limit=100)
+                if args[0] == "tokens":
+                    return await queries.token_groups(conn, f, "day")
+                if args[0] == "summary":
+                    return await queries.summary(conn, f)
+                return await queries.tool_stats(conn, f)
+            finally:
+                await conn.close()
+
+        assert json.loads(proc.stdout) == json.loads(json.dumps(anyio.run(through_aiosqlite)))
 
 
 def test_tools_shape_and_sample_numbers(sample, expected):

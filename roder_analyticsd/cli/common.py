@@ -133,25 +133,43 @@ def run_async(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import sqlite3
-
         import anyio
 
-        from roder_analyticsd.store.connection import StorePathError
-        from roder_analyticsd.store.schema import StoreError
-
-        try:
-            return anyio.run(functools.partial(func, *args, **kwargs))
-        except StorePathError as exc:
-            raise UsageProblem(str(exc)) from None
-        except StoreError as exc:
-            raise Failure(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise Failure(f"store: {exc}") from None
-        except OSError as exc:
-            raise Failure(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+        return exits_mapped(anyio.run, functools.partial(func, *args, **kwargs))
 
     return wrapper
+
+
+def run_blocking(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an async command body that awaits only a blocking store
+    connection (store/blocking.py), with no event loop; errors as run_async."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from roder_analyticsd.store import blocking
+
+        return exits_mapped(blocking.run, func(*args, **kwargs))
+
+    return wrapper
+
+
+def exits_mapped(run: Callable[..., Any], *args: Any) -> Any:
+    """`run(*args)`, the expected errors mapped to one-line exits."""
+    import sqlite3
+
+    from roder_analyticsd.store.connection import StorePathError
+    from roder_analyticsd.store.schema import StoreError
+
+    try:
+        return run(*args)
+    except StorePathError as exc:
+        raise UsageProblem(str(exc)) from None
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise Failure(f"store: {exc}") from None
+    except OSError as exc:
+        raise Failure(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
 
 
 def emit_json(value: Any) -> None:

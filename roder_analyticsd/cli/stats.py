@@ -20,7 +20,7 @@ from roder_analyticsd.cli.common import (
     UsageProblem,
     data_options,
     emit_json,
-    run_async,
+    run_blocking,
     settings_for,
 )
 from roder_analyticsd.queryspec import (  # click-free and import-light
@@ -144,16 +144,18 @@ def prepare(opts: dict[str, Any], name: str, *args: Any, **kwargs: Any):
 
 
 def query_store(opts: dict[str, Any], fn: Callable[..., Any], *args: Any) -> Any:
-    """Run `fn(conn, *args)` on a read-only connection to the store."""
+    """Run `fn(conn, *args)` on a read-only connection to the store, in this
+    thread: a one-shot query needs no event loop (store/blocking.py)."""
     settings = settings_for(opts["data_dir"], opts["store"])
 
-    @run_async
+    @run_blocking
     async def run() -> Any:
         import sqlite3
 
+        from roder_analyticsd.store.blocking import connect
         from roder_analyticsd.store.connection import describe_sqlite_error, open_store
 
-        conn = await open_store(settings.store, readonly=True)
+        conn = await open_store(settings.store, readonly=True, connect=connect)
         try:
             return await fn(conn, *args)
         except sqlite3.DatabaseError as exc:  # e.g. not a database: seen at the first read

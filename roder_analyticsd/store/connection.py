@@ -14,13 +14,14 @@ import os
 import sqlite3
 import stat
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import aiosqlite
-import anyio
-import anyio.to_thread
+from typing import TYPE_CHECKING, Any
 
 from roder_analyticsd.store.schema import SCHEMA_VERSION, StoreError, migrate
+
+if TYPE_CHECKING:  # imported where used: a `stats` run reads without them (store/blocking.py)
+    import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 24 * 1024  # page cache: index updates stay in memory; with two workers, < 150 MB
@@ -44,6 +45,8 @@ def describe_sqlite_error(exc: sqlite3.Error, path: Path) -> str:
 
 
 async def _connect(database: str, *, uri: bool = False) -> aiosqlite.Connection:
+    import aiosqlite
+
     pending = aiosqlite.connect(database, uri=uri, isolation_level=None)
     try:
         return await pending
@@ -52,6 +55,8 @@ async def _connect(database: str, *, uri: bool = False) -> aiosqlite.Connection:
         # while the event loop is still open for the thread's last callback
         thread = getattr(pending, "_thread", None)
         if thread is not None and thread.is_alive():
+            import anyio.to_thread
+
             await anyio.to_thread.run_sync(thread.join, 5)
         raise
 
@@ -134,11 +139,17 @@ async def _create(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-async def open_store(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
-    """Open (creating and migrating unless readonly) the SQLite store."""
+Connect = Callable[..., Awaitable[Any]]  # _connect, or store/blocking.py's connect
+
+
+async def open_store(
+    path: Path, *, readonly: bool = False, connect: Connect | None = None
+) -> aiosqlite.Connection:
+    """Open (creating and migrating unless readonly) the SQLite store.
+    `connect` (readonly only): how to connect, aiosqlite's way by default."""
     _check_path(path)
     if readonly:
-        return await _open_readonly(path)
+        return await _open_readonly(path, connect or _connect)
     if not path.exists():
         await _create(path)
     try:
@@ -168,6 +179,8 @@ async def _use_wal(conn: aiosqlite.Connection) -> None:
     """Switch to WAL (a no-op once it is). Switching needs the file to
     itself, and SQLite does not wait for that: a store still empty, opened by
     two processes at once, is retried within the busy timeout."""
+    import anyio
+
     deadline = anyio.current_time() + BUSY_TIMEOUT_MS / 1000
     while True:
         try:
@@ -186,7 +199,7 @@ def _describe_open_error(exc: sqlite3.Error, path: Path) -> str:
     return describe_sqlite_error(exc, path)
 
 
-async def _open_readonly(path: Path) -> aiosqlite.Connection:
+async def _open_readonly(path: Path, connect: Connect) -> aiosqlite.Connection:
     """Read without writing anything, even on a read-only file or filesystem.
 
     A WAL store needs its -shm file; where it cannot be created (read-only
@@ -196,14 +209,14 @@ async def _open_readonly(path: Path) -> aiosqlite.Connection:
         raise StoreError(f"no store at {path}: run `roder-analyticsd --once` first")
     uri = path.absolute().as_uri()
     try:
-        return await _probe(f"{uri}?mode=ro", path)
+        return await _probe(connect, f"{uri}?mode=ro", path)
     except sqlite3.OperationalError as exc:
         wal = path.with_name(path.name + "-wal")
         wal_pending = wal.exists() and wal.stat().st_size > 0
         if wal_pending or not _cannot_open(exc):
             raise StoreError(describe_sqlite_error(exc, path)) from None
     try:
-        return await _probe(f"{uri}?mode=ro&immutable=1", path)
+        return await _probe(connect, f"{uri}?mode=ro&immutable=1", path)
     except sqlite3.Error as exc:
         raise StoreError(describe_sqlite_error(exc, path)) from None
 
@@ -213,9 +226,9 @@ def _cannot_open(exc: sqlite3.Error) -> bool:
     return "unable to open" in text or "readonly" in text or "read-only" in text
 
 
-async def _probe(uri: str, path: Path) -> aiosqlite.Connection:
+async def _probe(connect: Connect, uri: str, path: Path) -> aiosqlite.Connection:
     """A read-only connection that has read the schema (a bad file fails here)."""
-    conn = await _connect(uri, uri=True)
+    conn = await connect(uri, uri=True)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await check_ours(conn, path, for_writing=False)

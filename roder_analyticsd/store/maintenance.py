@@ -6,9 +6,10 @@ import calendar
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
+if TYPE_CHECKING:  # queries import this module without an event loop
+    import aiosqlite
 
 from roder_analyticsd.store.schema import DAY_MS
 from roder_analyticsd.store.transaction import transaction

@@ -41,10 +41,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import aiosqlite
 
 from roder_analyticsd import timewindow
 from roder_analyticsd.pricing import (  # genai-prices: lazy
@@ -54,6 +52,9 @@ from roder_analyticsd.pricing import (  # genai-prices: lazy
     price_of,
 )
 from roder_analyticsd.store.maintenance import PRICE_ENTRIES_KEY
+
+if TYPE_CHECKING:  # `stats` reads through store/blocking.py, without an event loop
+    import aiosqlite
 
 UNKNOWN = "(unknown)"
 UTC = ZoneInfo("UTC")

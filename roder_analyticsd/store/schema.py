@@ -11,8 +11,10 @@ the facts they are derived from.
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
-import aiosqlite
+if TYPE_CHECKING:  # queries import this module without an event loop
+    import aiosqlite
 
 from roder_analyticsd.store.transaction import transaction
 

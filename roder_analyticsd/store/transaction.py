@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import aiosqlite
-import anyio
+if TYPE_CHECKING:  # the store is read without an event loop too (store/blocking.py)
+    import aiosqlite
 
 
 @asynccontextmanager
@@ -20,6 +21,8 @@ async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
     has ended, so rows and their checkpoints still commit together or not
     at all.
     """
+    import anyio
+
     with anyio.CancelScope(shield=True):
         nested = conn.in_transaction
         await conn.execute("SAVEPOINT nested_write" if nested else "BEGIN IMMEDIATE")
