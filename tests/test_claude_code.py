@@ -390,3 +390,29 @@ def test_impossible_counts_and_times_are_parse_errors(tree):
     proc = cli("--once", "--rebuild", "--data-dir", tree.data, "--store", tree.store,
                claude=tree.root, check=False)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["hashed", "basename_only", "full_path"])
+def test_project_dirs_named_by_hash_unless_full_paths(tree, mode):
+    """A project dir spells its workspace path: with labels other than full
+    paths no checkpoint (nor a report) names it."""
+    tree.data.mkdir()
+    (tree.data / "config.toml").write_text(f'[analytics]\nworkspace_labels = "{mode}"\n')
+    tree.once()
+    import sqlite3
+
+    with sqlite3.connect(tree.store) as conn:
+        paths = [row[0] for row in conn.execute("SELECT path FROM files")]
+    projects = sorted(p.name for p in (tree.root / "projects").iterdir())
+    assert len(paths) == 22 and all(p.startswith("claude-code:0/projects/") for p in paths)
+    named = {p.split("/")[2] for p in paths}
+    if mode == "full_path":
+        assert named == set(projects)
+    else:
+        assert not named & set(projects) and all(len(n) == 16 for n in named)
+        assert not any("home-dev" in p for p in paths)
+        # one name per project dir, the same every run
+        assert len(named) == len(projects)
+        tree.once()
+        with sqlite3.connect(tree.store) as conn:
+            assert sorted(row[0] for row in conn.execute("SELECT path FROM files")) == sorted(paths)

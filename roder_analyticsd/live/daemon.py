@@ -18,7 +18,6 @@ checkpoints once the store takes writes again.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import signal
 import sqlite3
@@ -41,6 +40,7 @@ from roder_analyticsd.live.ingest import (
     SourceError,
     bulk_load,
     claude_code_candidates,
+    claude_code_names,
     claude_code_roots,
 )
 from roder_analyticsd.live.lock import LockHeld, StoreLock
@@ -395,7 +395,7 @@ class Daemon:
         before = len(report.parse_errors), len(report.file_errors)
         stop = (lambda: self.stopping) if stoppable else None
         # a Claude Code log's name in checkpoints, reports and logs (never its path)
-        name = functools.partial(claude_code.checkpoint_path, roots=list(self.claude_roots))
+        name = claude_code_names(self.settings, list(self.claude_roots))
 
         async def work() -> None:
             if events or metadata:

@@ -471,8 +471,14 @@ async def ingest_claude_code(ingestor: Ingestor, roots: list[Path], report: Repo
     paths = [path for root in roots for path in claude_code.discover(root)]
     await ingestor.ingest(
         paths, [], report, agent=claude_code.AGENT,
-        name=functools.partial(claude_code.checkpoint_path, roots=roots),
+        name=claude_code_names(ingestor.settings, roots),
     )  # fmt: skip
+
+
+def claude_code_names(settings: Settings, roots: list[Path]) -> Callable[[Path], str]:
+    """How Claude Code logs under these roots are named (picklable, for workers)."""
+    hide = settings.workspace_labels != "full_path"
+    return functools.partial(claude_code.checkpoint_path, roots=roots, hide_workspace=hide)
 
 
 @asynccontextmanager

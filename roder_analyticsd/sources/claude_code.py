@@ -152,14 +152,21 @@ def logs_at(path: Path, root: Path) -> list[Path]:
     return []
 
 
-def checkpoint_path(path: Path, roots: list[Path]) -> str:
+def checkpoint_path(path: Path, roots: list[Path], *, hide_workspace: bool = False) -> str:
     """How a file is named in checkpoints and reports: which root, then the
-    path under it (never the machine's absolute path)."""
+    path under it (never the machine's absolute path). A project dir is
+    Claude Code's spelling of a workspace path (`-home-dev-alpha`): with
+    `hide_workspace` (workspace labels other than full paths) it is named by
+    a hash instead, so the store and the logs keep no workspace path."""
     for number, root in enumerate(roots):
         try:
-            return f"{PATH_PREFIX}{number}/{path.relative_to(root).as_posix()}"
+            parts = path.relative_to(root).parts
         except ValueError:
             continue
+        if hide_workspace and len(parts) > 1 and parts[0] == PROJECTS:
+            digest = hashlib.blake2b(parts[1].encode(errors="surrogateescape"), digest_size=8)
+            parts = (PROJECTS, digest.hexdigest(), *parts[2:])
+        return f"{PATH_PREFIX}{number}/{'/'.join(parts)}"
     return PATH_PREFIX + path.name
 
 
