@@ -8,6 +8,7 @@ real daemon) where a bad value used to end in a traceback or a crash loop.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -571,3 +572,42 @@ def test_a_rebuild_that_fails_half_way_leaves_the_store_as_it_was(data_dir, stor
         anyio.run(rebuild)
     assert len(calls) == 3
     assert dump_tables(store) == before
+
+
+def test_metadata_is_read_whole_up_to_the_bound_and_not_past_it(tmp_path):
+    from roder_analyticsd.sources.roder import MAX_METADATA_BYTES, read_metadata
+
+    sizes = {"empty": 0, "small": 300, "at": MAX_METADATA_BYTES, "over": MAX_METADATA_BYTES + 1}
+    paths = []
+    for name, size in sizes.items():
+        path = tmp_path / name / "metadata.json"
+        path.parent.mkdir()
+        path.write_bytes(b"x" * size)
+        paths.append(path)
+    files, problems = read_metadata(paths, tmp_path)
+    assert {rel: len(raw) for rel, raw in files} == {
+        "empty/metadata.json": 0, "small/metadata.json": 300, "at/metadata.json": MAX_METADATA_BYTES
+    }  # fmt: skip
+    assert [p.path for p in problems] == ["over/metadata.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+def test_many_small_metadata_files_cost_their_size_not_a_page_each(tmp_path):
+    """A read asked for the whole 1 MiB bound left each few-hundred-byte
+    file holding a 4 KiB page: ~45 MB for 10k threads."""
+    from roder_analyticsd.sources.roder import read_metadata
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    paths = []
+    for i in range(4000):
+        path = tmp_path / f"thr-{i}" / "metadata.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"thread_id": f"thr-{i}", "workspace": f"/w/{i}"}))
+        paths.append(path)
+    before = rss()
+    files, _ = read_metadata(paths, tmp_path)
+    grown = rss() - before
+    assert len(files) == 4000
+    assert grown < 8 << 20, f"{grown >> 20} MB for 4000 files of ~40 bytes"

@@ -277,3 +277,15 @@ def test_a_per_file_budget_reads_in_shares_to_the_same_store(tmp_path, data_dir)
     assert calls > 2  # the budget did cut the files into shares
     assert lines == alone.lines_ingested
     assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
+
+
+def test_metadata_read_in_chunks_gives_the_same_store(tmp_path, data_dir, monkeypatch):
+    """metadata.json files go to the writer a chunk at a time (what is held
+    at once stays bounded); chunks of one give the store one batch gives."""
+    alone = ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=True)
+    monkeypatch.setattr(ingest, "METADATA_CHUNK", 1)
+    for workers in (True, False):
+        store = tmp_path / f"chunked-{workers}.sqlite3"
+        chunked = ingest_once(data_dir, store, workers=workers)
+        assert chunked.sessions_enriched == alone.sessions_enriched > 1
+        assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")

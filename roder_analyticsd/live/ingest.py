@@ -43,7 +43,10 @@ BULK_FLUSH_INTERVAL = 1.0  # seconds a group of batches may wait to fill, in a b
 # decoding run beside this process's writes; below it, a worker's start-up
 # costs more than it saves.
 WORKER_MIN_BYTES = 32 << 20
-SLICE_BYTES = 8 << 20  # input bytes per worker call: bounds what is in flight
+# metadata.json files per batch: what is read at once stays bounded however
+# many threads there are
+METADATA_CHUNK = 1000
+SLICE_BYTES = 4 << 20  # input bytes per worker call: bounds what is in flight
 WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a bulk load
 # During a bulk load the WAL is copied into the database only once it holds
 # this many pages (~128 MB at 4 KiB): few checkpoints, each writing a page
@@ -198,12 +201,14 @@ class Ingestor:
 
         async def produce(send: ObjectSendStream[Batch]) -> None:
             async with send:
-                files, problems = read_metadata(metadata, data_dir)
-                report.file_errors.extend(problems)
-                if files:
-                    report.sessions_enriched += len(files)
-                    batch = Batch(path="metadata", metadata_files=files)
-                    await send.send(run_stages(batch, chain) if in_workers else batch)
+                for start in range(0, len(metadata), METADATA_CHUNK):
+                    chunk = metadata[start : start + METADATA_CHUNK]
+                    files, problems = read_metadata(chunk, data_dir)
+                    report.file_errors.extend(problems)
+                    if files:
+                        report.sessions_enriched += len(files)
+                        batch = Batch(path="metadata", metadata_files=files)
+                        await send.send(run_stages(batch, chain) if in_workers else batch)
                 if in_workers:
                     await self._stage_in_workers(pending, agent, name, report, progress, send, stop)
                     return

@@ -265,12 +265,24 @@ def discover(data_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 MAX_METADATA_BYTES = 1 << 20  # a real metadata.json is a few hundred bytes
+METADATA_READ_STEP = 64 << 10  # reads past the size fstat gave (a file still being written)
 
 
 def _read_bounded(path: Path) -> bytes | None:
     """The file's bytes; None when it is over MAX_METADATA_BYTES (never read whole)."""
     with open_regular(path) as fh:
-        raw = fh.read(MAX_METADATA_BYTES + 1)
+        # Ask for what the file holds (+1 to see its end), not for the bound:
+        # a read of the bound allocates 1 MiB, and the few hundred bytes it
+        # shrinks to keep a whole page each (~4 KiB a file, ~45 MB for 10k
+        # threads). A file that grew since fstat is read on, to the bound.
+        want = min(os.fstat(fh.fileno()).st_size, MAX_METADATA_BYTES) + 1
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_METADATA_BYTES and (chunk := fh.read(want)):
+            chunks.append(chunk)
+            total += len(chunk)
+            want = min(METADATA_READ_STEP, MAX_METADATA_BYTES + 1 - total)
+    raw = b"".join(chunks)
     return raw if len(raw) <= MAX_METADATA_BYTES else None
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: a `stats` run reads without them (stor
     import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
-CACHE_KIB = 24 * 1024  # page cache: index updates stay in memory; with two workers, < 150 MB
+CACHE_KIB = 16 * 1024  # page cache: index updates mostly in memory; with two workers, < 150 MB
 
 
 class StorePathError(StoreError):
