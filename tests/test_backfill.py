@@ -193,6 +193,7 @@ def test_json_report_has_the_documented_keys(data_dir, store):
         "linesSkippedByOffset",
         "sessionsEnriched",
         "parseErrors",
+        "parseErrorsNotListed",
         "unknownKinds",
         "rowsPruned",
         "rollupRowsRefreshed",

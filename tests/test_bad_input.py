@@ -264,3 +264,27 @@ def test_fnv1a_64_matches_published_test_vectors():
     assert fnv1a_64("") == "cbf29ce484222325"
     assert fnv1a_64("a") == "af63dc4c8601ec8c"
     assert fnv1a_64("foobar") == "85944171f73967e8"
+
+
+def test_many_corrupt_lines_are_listed_up_to_a_cap_and_counted_past_it(tmp_path, store):
+    """The report lists the first MAX_LISTED_PARSE_ERRORS corrupt lines and
+    counts the rest: memory stays bounded however much garbage a dir holds."""
+    from roder_analyticsd.live.ingest import MAX_LISTED_PARSE_ERRORS
+
+    data = tmp_path / "data"
+    extra = 37
+    garbage = [b"{not json"] * (MAX_LISTED_PARSE_ERRORS + extra)
+    write_thread(data, "thr-a", [turn_lines()[0], *garbage, turn_lines()[-1]])
+    proc = once(data, store, "--best-effort")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    lines = [e["line"] for e in report["parseErrors"]]
+    assert lines == list(range(2, MAX_LISTED_PARSE_ERRORS + 2))  # the first ones, in order
+    assert report["parseErrorsNotListed"] == extra
+    assert report["linesIngested"] == 2
+
+    human = run_cli("--once", "--rebuild", "--best-effort", "--data-dir", data, "--store", store)
+    said = human.stderr.splitlines()
+    assert sum(line.startswith("skipped ") for line in said) == MAX_LISTED_PARSE_ERRORS
+    assert f"… and {extra} more corrupt lines skipped" in said
+    assert f"{MAX_LISTED_PARSE_ERRORS + extra} skipped" in human.stdout

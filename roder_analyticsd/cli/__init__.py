@@ -136,9 +136,11 @@ async def _once(settings, *, rebuild: bool, strict: bool, as_json: bool) -> None
         return
     for err in report.parse_errors:
         click.echo(f"skipped {err.path}:{err.line}: {err.message}", err=True)
+    if report.parse_errors_unlisted:
+        click.echo(f"… and {report.parse_errors_unlisted} more corrupt lines skipped", err=True)
     for ferr in report.file_errors:
         click.echo(f"could not read {ferr.path}: {ferr.message}", err=True)
     click.echo(
         f"{report.files_scanned} files, {report.lines_ingested} lines ingested, "
-        f"{len(report.parse_errors)} skipped, {report.rollup_rows_refreshed} rollup rows refreshed"
+        f"{report.parse_error_count} skipped, {report.rollup_rows_refreshed} rollup rows refreshed"
     )

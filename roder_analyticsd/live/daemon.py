@@ -289,7 +289,7 @@ class Daemon:
             "catch_up_done",
             files=report.files_scanned,
             lines=report.lines_ingested,
-            parse_errors=len(report.parse_errors),
+            parse_errors=report.parse_error_count,
             file_errors=len(report.file_errors),
             seconds=round(time.monotonic() - began, 3),
         )
@@ -392,7 +392,7 @@ class Daemon:
         the rest is read again by the retry.
         `stoppable`: a stop request ends the pass between files (the
         catch-up; a step is bounded by the per-file budget anyway)."""
-        before = len(report.parse_errors), len(report.file_errors)
+        before = len(report.parse_errors), len(report.file_errors), report.parse_errors_unlisted
         stop = (lambda: self.stopping) if stoppable else None
         # a Claude Code log's name in checkpoints, reports and logs (never its path)
         name = claude_code_names(self.settings, list(self.claude_roots))
@@ -536,9 +536,17 @@ class Daemon:
         self.backoff = min(self.options.retry_min, self.options.retry_max)
 
     def _log_problems(
-        self, report: Report, parse_from: int, file_from: int, attempted: dict[str, Path]
+        self,
+        report: Report,
+        parse_from: int,
+        file_from: int,
+        unlisted_from: int,
+        attempted: dict[str, Path],
     ) -> None:
-        """`attempted`: each file read, by the name reports give it."""
+        """`attempted`: each file read, by the name reports give it. Corrupt
+        lines past the report's list are logged as one count."""
+        if unlisted := report.parse_errors_unlisted - unlisted_from:
+            log.warning("corrupt_lines_skipped", count=unlisted)
         for err in report.parse_errors[parse_from:]:
             key = (err.path, err.line)
             if key in self.parse_errors_seen:

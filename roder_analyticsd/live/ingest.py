@@ -79,13 +79,19 @@ class StrictModeError(Exception):
         super().__init__(text)
 
 
+# Corrupt lines listed in a report; past this many only their number is kept
+# (a data dir full of garbage must not grow the process without bound)
+MAX_LISTED_PARSE_ERRORS = 1000
+
+
 @dataclass(slots=True)
 class Report:
     files_scanned: int = 0
     lines_ingested: int = 0
     lines_skipped_by_offset: int = 0
     sessions_enriched: int = 0
-    parse_errors: list[ParseError] = field(default_factory=list)
+    parse_errors: list[ParseError] = field(default_factory=list)  # the first ones
+    parse_errors_unlisted: int = 0  # corrupt lines past MAX_LISTED_PARSE_ERRORS
     file_errors: list[FileError] = field(default_factory=list)
     unknown_kinds: Counter[str] = field(default_factory=Counter)
     rows_pruned: int = 0
@@ -93,6 +99,16 @@ class Report:
     # files left with complete lines unread at the per-file byte budget
     # (the live daemon reads them on in its next step); not in the JSON
     unfinished: list[Path] = field(default_factory=list)
+
+    @property
+    def parse_error_count(self) -> int:
+        """Every corrupt line skipped, listed or not."""
+        return len(self.parse_errors) + self.parse_errors_unlisted
+
+    def add_parse_errors(self, errors: list[ParseError]) -> None:
+        room = max(0, MAX_LISTED_PARSE_ERRORS - len(self.parse_errors))
+        self.parse_errors.extend(errors[:room])
+        self.parse_errors_unlisted += max(0, len(errors) - room)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +119,7 @@ class Report:
             "parseErrors": [
                 {"path": e.path, "line": e.line, "message": e.message} for e in self.parse_errors
             ],
+            "parseErrorsNotListed": self.parse_errors_unlisted,
             "fileErrors": [{"path": e.path, "message": e.message} for e in self.file_errors],
             "unknownKinds": dict(sorted(self.unknown_kinds.items())),
             "rowsPruned": self.rows_pruned,
@@ -340,7 +357,7 @@ class Ingestor:
                 callback(rows, checkpoints)
         for batch in group:
             report.lines_ingested += batch.lines_ingested
-            report.parse_errors.extend(batch.errors)
+            report.add_parse_errors(batch.errors)
             report.unknown_kinds.update(batch.unknown_kinds)
 
 
