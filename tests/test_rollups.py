@@ -250,3 +250,34 @@ def test_retention_first_counts_what_was_written_but_not_rolled_up(tmp_path: Pat
     write(data_dir, "thr-3", *_day_lines(D1, "thr-3")[:4])
     once(data_dir, store)
     assert [r[:5] for r in rollups(store) if r[1] == "all"] == got
+
+
+def test_refreshing_a_few_days_at_a_time_ends_where_one_refresh_does(tmp_path: Path) -> None:
+    """The daemon refreshes a day per transaction between its steps: each
+    call takes the oldest dirty days and leaves the others marked."""
+    from roder_analyticsd.store.maintenance import dirty_days
+
+    data_dir, store = tmp_path / "d", tmp_path / "s.sqlite3"
+    for n in range(3):
+        at = D1 + n * DAY_MS + 3_600_000
+        write(data_dir, f"thr-{n}", tool_start(at, "c1", "shell", thread=f"thr-{n}"),
+              tool_end(at + 250, "c1", "shell", thread=f"thr-{n}"))  # fmt: skip
+
+    async def go() -> list[set[str]]:
+        conn = await open_store(store)
+        try:
+            ingestor = Ingestor(conn, load_settings(data_dir, store), strict=False)
+            await ingestor.start()
+            await ingestor.ingest(*discover(data_dir), Report())
+            seen = [await dirty_days(conn)]
+            while seen[-1]:
+                await refresh_rollups(conn, limit=1)
+                seen.append(await dirty_days(conn))
+            return seen
+        finally:
+            await conn.close()
+
+    seen = anyio.run(go)
+    assert [len(days) for days in seen] == [3, 2, 1, 0]
+    assert min(seen[0]) not in seen[1]  # oldest first
+    assert rollups(store) == recomputed(store, tmp_path) != []

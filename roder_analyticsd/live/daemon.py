@@ -69,6 +69,10 @@ MAX_REMEMBERED_ERRORS = 10_000
 # flood into one thread (or Claude Code log) cannot hold back a line
 # appended to another.
 STEP_FILE_BYTES = 64 << 10
+# The rollups of the days written since are refreshed between steps, a day
+# per transaction, for about this long at most before the next step.
+ROLLUP_DAYS_PER_STEP = 1
+STEP_ROLLUP_S = 0.05
 
 
 def run_daemon(settings: Settings) -> None:
@@ -159,6 +163,8 @@ class Daemon:
         self.file_errors: dict[str, str] = {}  # relative path → message, logged once
         self.claude_failed: dict[str, Path] = {}  # a Claude Code log in file_errors → its path
         self.parse_errors_seen: set[tuple[str, int]] = set()
+        self.rollups_left = False  # a budgeted refresh stopped with dirty days left
+        self.rollups_done = (0, 0)  # days and rows refreshed so far by a spread-out refresh
         self.missing_before: set[str] = set()  # checkpoints whose file was gone last rescan
         self.watcher = Watcher(
             settings.data_dir,
@@ -360,8 +366,8 @@ class Daemon:
             await self._drop_missing(events + behind_events + every_claude)
         if self.retention_due and await self._retention():
             self.retention_due = False
-        if self.rollup_due and await self._refresh_rollups():
-            self.rollup_due = False
+        if self.rollup_due and await self._refresh_rollups(budget=STEP_ROLLUP_S):
+            self.rollup_due = self.rollups_left
 
     def _claude_logs(self) -> list[Path]:
         """Every Claude Code log under the roots read."""
@@ -436,15 +442,44 @@ class Daemon:
 
         return await self._guarded(work())
 
-    async def _refresh_rollups(self) -> bool:
+    async def _refresh_rollups(self, *, budget: float | None = None) -> bool:
+        """Bring the dirty days' rollups up to date. With a `budget` (seconds)
+        a day at a time, stopping once it is spent or a change is waiting
+        (`rollups_left` then says so): a line appended meanwhile waits for
+        one day's refresh, never for all of them."""
+
         async def work() -> None:
-            if days := await dirty_days(self.conn):
-                rows = await refresh_rollups(self.conn)
-                log.info("rollups_refreshed", days=len(days), rows=rows)
-            if days or self.prices_made:
+            began = time.monotonic()
+            days = rows = 0
+            self.rollups_left = False
+            while left := await dirty_days(self.conn):
+                if (
+                    budget is not None
+                    and days
+                    and (time.monotonic() - began > budget or self._has_news())
+                ):
+                    self.rollups_left = True
+                    break
+                rows += await refresh_rollups(
+                    self.conn, limit=None if budget is None else ROLLUP_DAYS_PER_STEP
+                )
+                days += len(left) if budget is None else min(len(left), ROLLUP_DAYS_PER_STEP)
+            # one line per refresh, however many steps it was spread over
+            self.rollups_done = (self.rollups_done[0] + days, self.rollups_done[1] + rows)
+            if self.rollups_left:
+                return
+            if self.rollups_done[0]:
+                log.info("rollups_refreshed", days=self.rollups_done[0], rows=self.rollups_done[1])
+            if self.rollups_done[0] or self.prices_made:
                 await self._keep_prices()  # new turns may name a new model
+            self.rollups_done = (0, 0)
 
         return await self._guarded(work())
+
+    def _has_news(self) -> bool:
+        """The watcher reported a change not read yet."""
+        p = self.pending
+        return bool(p.events or p.metadata or p.claude_code)
 
     async def _keep_prices(self) -> None:
         """Price entries for new models, without stalling ingestion: the

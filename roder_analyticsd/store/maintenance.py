@@ -89,19 +89,32 @@ def _day_number(day: str) -> int:
     return day_bounds(day)[0] // DAY_MS
 
 
-async def refresh_rollups(conn: aiosqlite.Connection, days: Iterable[str] = ()) -> int:
+async def refresh_rollups(
+    conn: aiosqlite.Connection, days: Iterable[str] = (), *, limit: int | None = None
+) -> int:
     """Recompute the rollup rows of these UTC days and of every day marked
     dirty (except days whose rollups are final); returns rows written.
-    Nothing to do writes nothing."""
+    Nothing to do writes nothing. `limit`: at most this many of the dirty
+    days (oldest first), the others stay marked: a caller that must stay
+    responsive (the daemon's loop) refreshes a few days per transaction."""
     now = int(time.time() * 1000)
     async with transaction(conn):
-        todo = set(days) | await dirty_days(conn)
+        dirty = await dirty_days(conn)
+        if limit is not None:
+            dirty = set(sorted(dirty)[:limit])
+        todo = set(days) | dirty
         if not todo:
             return 0
         final_before = await final_before_day(conn)
         open_days = {day for day in todo if _day_number(day) >= final_before}
         written = await _refresh_days(conn, open_days, now)
-        await conn.execute("DELETE FROM rollup_dirty_days")
+        if limit is None:
+            await conn.execute("DELETE FROM rollup_dirty_days")
+        else:
+            await conn.executemany(
+                "DELETE FROM rollup_dirty_days WHERE day = ?",
+                [(_day_number(day),) for day in sorted(dirty)],
+            )
         await conn.execute(
             "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
