@@ -289,3 +289,32 @@ def test_metadata_read_in_chunks_gives_the_same_store(tmp_path, data_dir, monkey
         chunked = ingest_once(data_dir, store, workers=workers)
         assert chunked.sessions_enriched == alone.sessions_enriched > 1
         assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
+
+
+def test_a_bulk_load_does_not_keep_checkpoints_and_nothing_is_read_twice(tmp_path, data_dir):
+    """In a bulk load the written checkpoints stay in the store only (one a
+    file, they add up); the next call loads them and reads nothing again."""
+    store = tmp_path / "bulk.sqlite3"
+
+    async def go() -> tuple[int, int, int, Report]:
+        conn = await open_store(store)
+        try:
+            settings = load_settings(data_dir, store)
+            ingestor = Ingestor(conn, settings, strict=False)
+            await ingestor.start()
+            first = Report()
+            async with ingest.bulk_load(ingestor):
+                await ingestor.ingest(*discover(data_dir), first, progress=None)
+                held = len(ingestor.checkpoints)
+            again = Report()
+            await ingestor.ingest(*discover(data_dir), again)
+            return held, len(ingestor.checkpoints), first.lines_ingested, again
+        finally:
+            await conn.close()
+
+    held, loaded, lines, again = anyio.run(go)
+    assert held == 0 and loaded > 0
+    with sqlite3.connect(store) as conn:
+        assert loaded == conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    assert lines > 0 and again.lines_ingested == 0
+    assert again.lines_skipped_by_offset >= lines  # every line seen, none read again

@@ -518,6 +518,12 @@ class Daemon:
         Forgetting is always safe: should the file come back, re-reading it
         changes nothing. `paths`: every file read (Roder's and Claude Code's);
         with Claude Code not read at all, its checkpoints are kept."""
+        if self.ingestor.checkpoints_stale:  # the catch-up did not keep them
+            try:
+                await self.ingestor.start()
+            except sqlite3.Error as exc:
+                await self._store_failed(exc)
+                return
         present: set[str] = set()
         for path in paths:
             try:
