@@ -497,3 +497,32 @@ def test_log_lines_keep_only_safe_keys() -> None:
                 assert json.loads(text)["line"] == 3
     finally:
         structlog.reset_defaults()
+
+
+def _wal_resets(store: Path) -> int:
+    """The WAL header's checkpoint sequence number: +1 each time the WAL
+    starts over, which it does only after a checkpoint copied all of it."""
+    header = store.with_name(store.name + "-wal").read_bytes()[:16]
+    return int.from_bytes(header[12:16], "big") if len(header) == 16 else -1
+
+
+def test_the_wal_is_checkpointed_beside_the_writes(env, tmp_path: Path) -> None:
+    """After the catch-up the WAL is checkpointed by a connection of its own
+    (a checkpoint syncs, and must not stall a commit): a few small writes,
+    far below SQLite's autocheckpoint size, still let the WAL start over."""
+    data_dir, store, make = env
+    corpus = Corpus(seed=5)
+    lines = corpus.thread("thr-w", 40, BASE_MS)
+    path = data_dir / "threads" / "thr-w" / "events.jsonl"
+    path.parent.mkdir(parents=True)
+    append(path, b"".join(lines[:20]))
+    daemon = make().start()
+    seen = []
+    for start in range(20, 80, 20):
+        append(path, b"".join(lines[start : start + 20]))
+        until(lambda: caught_up(data_dir, store), what="the appended lines")
+        seen.append(_wal_resets(store))
+        time.sleep(1.5)  # a checkpoint runs meanwhile; the next write starts the WAL over
+    assert seen[-1] > seen[0] >= 0, seen
+    assert daemon.stop() == 0
+    assert_same_as_once(data_dir, store, tmp_path)

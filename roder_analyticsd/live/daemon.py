@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,12 @@ from roder_analyticsd.logs import configure_logging
 from roder_analyticsd.sources import claude_code
 from roder_analyticsd.sources.files import relative
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
-from roder_analyticsd.store.connection import StorePathError, describe_sqlite_error, open_store
+from roder_analyticsd.store.connection import (
+    StorePathError,
+    describe_sqlite_error,
+    open_checkpointer,
+    open_store,
+)
 from roder_analyticsd.store.maintenance import (
     dirty_days,
     keep_price_entries,
@@ -70,9 +76,13 @@ MAX_REMEMBERED_ERRORS = 10_000
 # appended to another.
 STEP_FILE_BYTES = 64 << 10
 # The rollups of the days written since are refreshed between steps, a day
-# per transaction, for about this long at most before the next step.
+# per transaction, for about this long at most before the next step; not
+# while files are behind (a flood) or a change waits, unless they have been
+# put off that long.
 ROLLUP_DAYS_PER_STEP = 1
 STEP_ROLLUP_S = 0.05
+ROLLUP_MAX_DEFER_S = 300.0
+CHECKPOINT_EVERY_S = 1.0  # the WAL holds about this long's writes
 
 
 def run_daemon(settings: Settings) -> None:
@@ -164,6 +174,7 @@ class Daemon:
         self.claude_failed: dict[str, Path] = {}  # a Claude Code log in file_errors → its path
         self.parse_errors_seen: set[tuple[str, int]] = set()
         self.rollups_left = False  # a budgeted refresh stopped with dirty days left
+        self.rollups_put_off: float | None = None  # since when a due refresh waits for a lull
         self.rollups_done = (0, 0)  # days and rows refreshed so far by a spread-out refresh
         self.missing_before: set[str] = set()  # checkpoints whose file was gone last rescan
         self.watcher = Watcher(
@@ -254,6 +265,8 @@ class Daemon:
 
     async def _work(self) -> None:
         await self._catch_up()
+        if not self.stopping:
+            await self._start_checkpoints()
         if self.settings.forward_endpoint and not self.stopping:
             self.tg.start_soon(self._forward)
         elif not self.settings.forward_endpoint:
@@ -366,8 +379,25 @@ class Daemon:
             await self._drop_missing(events + behind_events + every_claude)
         if self.retention_due and await self._retention():
             self.retention_due = False
-        if self.rollup_due and await self._refresh_rollups(budget=STEP_ROLLUP_S):
+        if (
+            self.rollup_due
+            and self._rollups_may_run()
+            and await self._refresh_rollups(budget=STEP_ROLLUP_S)
+        ):
             self.rollup_due = self.rollups_left
+            if not self.rollup_due:
+                self.rollups_put_off = None
+
+    def _rollups_may_run(self) -> bool:
+        """A due rollup refresh runs in a lull: no file behind, no change
+        waiting (there is other work then, so the loop comes back), or
+        once it has been put off for ROLLUP_MAX_DEFER_S."""
+        if not (self.behind or self.behind_claude or self._has_news()):
+            return True
+        now = time.monotonic()
+        if self.rollups_put_off is None:
+            self.rollups_put_off = now
+        return now - self.rollups_put_off >= ROLLUP_MAX_DEFER_S
 
     def _claude_logs(self) -> list[Path]:
         """Every Claude Code log under the roots read."""
@@ -434,6 +464,34 @@ class Daemon:
         return True
 
     # -- maintenance ---------------------------------------------------------
+
+    async def _start_checkpoints(self) -> None:
+        """From here on the WAL is copied into the store by a connection of
+        its own, beside the work loop, every CHECKPOINT_EVERY_S: a checkpoint
+        syncs the files, and on a busy disk that took a second or more inside
+        the commit that crossed SQLite's autocheckpoint size, holding back
+        every line behind it. Commits themselves never sync (WAL, NORMAL).
+        Without that connection the writer's own autocheckpoint stays on."""
+        try:
+            checkpointer = await open_checkpointer(self.settings.store)
+        except (sqlite3.Error, OSError):
+            return
+        try:
+            await self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error:
+            await checkpointer.close()
+            return
+        self.tg.start_soon(self._checkpoints, checkpointer)
+
+    async def _checkpoints(self, checkpointer: Any) -> None:
+        try:
+            while True:
+                await anyio.sleep(CHECKPOINT_EVERY_S)
+                with suppress(sqlite3.Error):  # busy now: the next one does it
+                    await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await checkpointer.close()
 
     async def _retention(self) -> bool:
         async def work() -> None:

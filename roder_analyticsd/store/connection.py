@@ -175,6 +175,18 @@ async def open_store(
     return conn
 
 
+async def open_checkpointer(path: Path) -> aiosqlite.Connection:
+    """A second connection to an open store (already ours and migrated)
+    that only runs WAL checkpoints, beside the writer's connection."""
+    conn = await _connect(str(path))
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 async def _use_wal(conn: aiosqlite.Connection) -> None:
     """Switch to WAL (a no-op once it is). Switching needs the file to
     itself, and SQLite does not wait for that: a store still empty, opened by
