@@ -82,7 +82,11 @@ STEP_FILE_BYTES = 64 << 10
 ROLLUP_DAYS_PER_STEP = 1
 STEP_ROLLUP_S = 0.05
 ROLLUP_MAX_DEFER_S = 300.0
-CHECKPOINT_EVERY_S = 1.0  # the WAL holds about this long's writes
+CHECKPOINT_EVERY_S = 1.0
+# Under writes that never pause, the checkpoints beside the loop never reach
+# the WAL's end, and it can only start over once one has: past this many
+# frames (~64 MB) the loop finishes the checkpoint itself between two steps.
+WAL_RESTART_FRAMES = 16_384
 
 
 def run_daemon(settings: Settings) -> None:
@@ -175,6 +179,7 @@ class Daemon:
         self.parse_errors_seen: set[tuple[str, int]] = set()
         self.rollups_left = False  # a budgeted refresh stopped with dirty days left
         self.rollups_put_off: float | None = None  # since when a due refresh waits for a lull
+        self.wal_restart_due = False  # the WAL is long: the loop finishes a checkpoint
         self.rollups_done = (0, 0)  # days and rows refreshed so far by a spread-out refresh
         self.missing_before: set[str] = set()  # checkpoints whose file was gone last rescan
         self.watcher = Watcher(
@@ -261,6 +266,7 @@ class Daemon:
         return bool(
             p.events or p.metadata or p.claude_code or p.rescan or self.behind
             or self.behind_claude or self.rescan_due or self.rollup_due or self.retention_due
+            or self.wal_restart_due
         )  # fmt: skip
 
     async def _work(self) -> None:
@@ -379,6 +385,12 @@ class Daemon:
             await self._drop_missing(events + behind_events + every_claude)
         if self.retention_due and await self._retention():
             self.retention_due = False
+        if self.wal_restart_due:
+            # what is left since the last checkpoint beside the loop (about a
+            # second's writes): the next write then starts the WAL over
+            self.wal_restart_due = False
+            with suppress(sqlite3.Error):
+                await self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if (
             self.rollup_due
             and self._rollups_may_run()
@@ -488,7 +500,11 @@ class Daemon:
             while True:
                 await anyio.sleep(CHECKPOINT_EVERY_S)
                 with suppress(sqlite3.Error):  # busy now: the next one does it
-                    await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    async with checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+                        row = await cur.fetchone()
+                    if row is not None and row[1] >= WAL_RESTART_FRAMES:
+                        self.wal_restart_due = True
+                        self.wake.set()
         finally:
             with anyio.CancelScope(shield=True):
                 await checkpointer.close()
