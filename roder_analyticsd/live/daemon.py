@@ -458,7 +458,7 @@ class Daemon:
         data_dir = self.settings.data_dir
         attempted = {relative(path, data_dir): path for path in events + metadata}
         attempted |= {name(path): path for path in claude}
-        self._log_problems(report, *before, attempted)
+        self._log_problems(report, *before[:2], attempted, unlisted_from=before[2])
         return True
 
     async def _guarded(self, work: Awaitable[object]) -> bool:
@@ -655,8 +655,8 @@ class Daemon:
         report: Report,
         parse_from: int,
         file_from: int,
-        unlisted_from: int,
         attempted: dict[str, Path],
+        unlisted_from: int = 0,
     ) -> None:
         """`attempted`: each file read, by the name reports give it. Corrupt
         lines past the report's list are logged as one count."""
