@@ -183,46 +183,27 @@ def _children() -> list[int]:
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_a_killed_worker_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
+def _roder_corpus(tmp_path: Path):
     import gen_corpus
 
     data_dir = tmp_path / "data"
     gen_corpus.generate(data_dir, 20_000, 5)
-    monkeypatch.setattr(ingest, "SLICE_BYTES", 16_384)  # many calls: the kill lands mid-run
-    store = tmp_path / "killed.sqlite3"
-    before = set(_children())
-
-    def kill_first_worker() -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if workers := set(_children()) - before:
-                os.kill(min(workers), signal.SIGKILL)
-                return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_first_worker)
-    killer.start()
-    with pytest.raises(WorkerError, match="worker process stopped unexpectedly"):
-        ingest_once(data_dir, store, workers=True)
-    killer.join()
-
-    # what committed before the kill stays; running again reads the rest, once
-    ingest_once(data_dir, store, workers=True)
-    ingest_once(data_dir, tmp_path / "alone.sqlite3", workers=False)
-    assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
+    return lambda store, workers: ingest_once(data_dir, store, workers=workers)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_a_killed_worker_staging_claude_code_is_a_clear_error_and_loses_nothing(
-    tmp_path, monkeypatch
-):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
+def _claude_corpus(tmp_path: Path):
     import gen_claude
 
     root = tmp_path / "home" / ".claude"
     gen_claude.generate(root, 5_000)
+    return lambda store, workers: ingest_claude(root, store, workers=workers)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("corpus", [_roder_corpus, _claude_corpus], ids=["roder", "claude-code"])
+def test_a_killed_worker_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch, corpus):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    ingest_into = corpus(tmp_path)
     monkeypatch.setattr(ingest, "SLICE_BYTES", 16_384)  # many calls: the kill lands mid-run
     store = tmp_path / "killed.sqlite3"
     before = set(_children())
@@ -238,12 +219,12 @@ def test_a_killed_worker_staging_claude_code_is_a_clear_error_and_loses_nothing(
     killer = threading.Thread(target=kill_first_worker)
     killer.start()
     with pytest.raises(WorkerError, match="worker process stopped unexpectedly"):
-        ingest_claude(root, store, workers=True)
+        ingest_into(store, True)
     killer.join()
 
     # what committed before the kill stays; running again reads the rest, once
-    ingest_claude(root, store, workers=True)
-    ingest_claude(root, tmp_path / "alone.sqlite3", workers=False)
+    ingest_into(store, True)
+    ingest_into(tmp_path / "alone.sqlite3", False)
     assert dump_tables(store) == dump_tables(tmp_path / "alone.sqlite3")
 
 
