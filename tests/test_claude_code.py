@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.live.ingest import run_once
+from roder_analyticsd.sources import claude_code
 from roder_analyticsd.store import queries
 from roder_analyticsd.store.connection import open_store
 
@@ -404,7 +405,8 @@ def test_project_dirs_named_by_hash_unless_full_paths(tree, mode):
     with sqlite3.connect(tree.store) as conn:
         paths = [row[0] for row in conn.execute("SELECT path FROM files")]
     projects = sorted(p.name for p in (tree.root / "projects").iterdir())
-    assert len(paths) == 22 and all(p.startswith("claude-code:0/projects/") for p in paths)
+    logs = claude_code.discover(tree.root)
+    assert len(paths) == len(logs) and all(p.startswith("claude-code:0/projects/") for p in paths)
     named = {p.split("/")[2] for p in paths}
     if mode == "full_path":
         assert named == set(projects)
