@@ -292,13 +292,32 @@ def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
 SPAN_MS = 32 * 10**9  # ~370 days: the offsets of a zone are worked out span by span
 
 
+@functools.lru_cache(maxsize=64)
+def _span_offsets(tz: tzinfo, span: int) -> list[tuple[int, int]]:
+    """`offset_changes` over one span (a query reads them twice: cached)."""
+    return offset_changes(tz, span * SPAN_MS, (span + 1) * SPAN_MS - 1)
+
+
+def offsets_aligned(tz: tzinfo, spans: list[int], step_ms: int) -> bool:
+    """Is every local midnight of `tz` over these spans on a multiple of
+    `step_ms` (UTC)? So it is when each offset, and each instant the offset
+    changes, is one: then no bucket of that width holds two local days."""
+    for span in set(spans):
+        pieces = _span_offsets(tz, span)
+        if any(offset % step_ms for _, offset in pieces):
+            return False
+        if any(start % step_ms for start, _ in pieces[1:]):
+            return False
+    return True
+
+
 def local_day_sql(column: str, tz: tzinfo, spans: list[int]) -> str:
     """SQL for the local calendar day in `tz` (days since 1970-01-01) of the
     instant in `column`, for instants in these `SPAN_MS` spans (numbers:
     instant // SPAN_MS); NULL for an instant in any other span."""
     pieces: list[tuple[int, int]] = []
     for span in sorted(set(spans)):
-        pieces += offset_changes(tz, span * SPAN_MS, (span + 1) * SPAN_MS - 1)
+        pieces += _span_offsets(tz, span)
     if not pieces:
         return "NULL"
     if len(pieces) == 1:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # queries import this module without an event loop
     import aiosqlite
 
+from roder_analyticsd.store import token_rollups
 from roder_analyticsd.store.schema import DAY_MS
 from roder_analyticsd.store.transaction import transaction
 
@@ -60,8 +61,8 @@ def day_bounds(day: str) -> tuple[int, int]:
 
 
 async def dirty_days(conn: aiosqlite.Connection) -> set[str]:
-    """Days written since their rollups were last refreshed (marked by the
-    triggers of schema migration 4)."""
+    """Days written since their rollups were last refreshed (the writer
+    marks them in each batch's transaction)."""
     sql = "SELECT strftime('%Y-%m-%d', day * 86400, 'unixepoch') FROM rollup_dirty_days"
     async with conn.execute(sql) as cur:
         return {row[0] for row in await cur.fetchall()}
@@ -108,6 +109,8 @@ async def refresh_rollups(
         final_before = await final_before_day(conn)
         open_days = {day for day in todo if _day_number(day) >= final_before}
         written = await _refresh_days(conn, open_days, now)
+        # a cache of the raw rows, final days or not: recomputed from what is there
+        await token_rollups.refresh_days(conn, {_day_number(day) for day in todo})
         if limit is None:
             await conn.execute("DELETE FROM rollup_dirty_days")
         else:
@@ -173,6 +176,7 @@ async def prune(conn: aiosqlite.Connection, retention_days: int, now_ms: int | N
         ):
             cur = await conn.execute(sql, {"cutoff": cutoff})
             deleted += max(cur.rowcount, 0)
+        await token_rollups.drop_before(conn, cutoff)
         # a session goes only when nothing of it is left
         cur = await conn.execute(
             """DELETE FROM sessions WHERE COALESCE(updated_at_ms, created_at_ms, 0) < ?

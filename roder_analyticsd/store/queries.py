@@ -27,6 +27,11 @@ price tiers depend on a row's own prompt size, and the price in force at its
 time), summed exactly: SQLite sums the rows that share a price rule and tier
 bracket, each such sum is priced once (the price is linear in the counts
 there), and the sum is kept as an exact fraction until the answer's float.
+Those sums come from `token_rollups` (store/token_rollups.py: the same sums
+per UTC hour or quarter hour) for every day whose rollups are fresh, and
+from the token rows themselves for the rest, in one statement; a query
+that needs more than a rollup row holds (a session, a tool, a workspace)
+or whose price cuts or zone split a bucket reads the token rows only.
 `unpricedTurnCount` counts the rows whose model has no known price.
 `costUsd` is None only when rows exist and none is priced (never a made-up
 0); a group with no token rows costs 0.
@@ -51,7 +56,16 @@ from roder_analyticsd.pricing import (  # genai-prices: lazy
     installed_pairs,
     price_of,
 )
+from roder_analyticsd.store import token_rollups
 from roder_analyticsd.store.maintenance import PRICE_ENTRIES_KEY
+from roder_analyticsd.store.schema import DAY_MS
+from roder_analyticsd.store.token_rollups import (
+    PRICED_COLUMNS,
+    PROMPT_BANDS,
+    TOKEN_MODEL,
+    TOKEN_PROVIDER,
+    TOKEN_TURN_JOIN,
+)
 
 if TYPE_CHECKING:  # `stats` reads through store/blocking.py, without an event loop
     import aiosqlite
@@ -187,22 +201,13 @@ def _semi_joined(f: Filters) -> bool:
     )
 
 
-# a token row's provider/model: a Claude Code call's own, else its turn's
-TOKEN_PROVIDER = "coalesce(u.provider, t.provider)"
-TOKEN_MODEL = "coalesce(u.model, t.model)"
-
-
 def token_source(f: Filters, *, sessions: bool = True) -> Source:
     """Token rows `u` with their turn `t` (only where the row has no provider
     or model of its own: a Claude Code call has both) and, with `sessions`,
     their session `s` (for grouping; always joined for a workspace filter)."""
     # without a window, read the table itself: through its time index every
     # row would cost a primary-key seek
-    tables = (
-        f"token_usage u{'' if f.windowed else ' NOT INDEXED'}"
-        " LEFT JOIN turns t ON (u.provider IS NULL OR u.model IS NULL)"
-        " AND t.thread_id = u.thread_id AND t.turn_id = u.turn_id"
-    )
+    tables = f"token_usage u{'' if f.windowed else ' NOT INDEXED'} {TOKEN_TURN_JOIN}"
     if sessions or f.workspace is not None:
         tables += " LEFT JOIN sessions s ON s.thread_id = u.thread_id"
     clauses = _window(f, "u.recorded_at_ms")
@@ -373,16 +378,6 @@ class Cost:
         return {"costUsd": self.usd, "unpricedTurnCount": self.unpriced}
 
 
-# A token row's counts as priced: never negative, cache reads within the
-# prompt, cache writes within the rest, 1-hour writes within the writes
-# (pricing.py clamps a single row the same way).
-_P = "max(u.prompt_tokens, 0)"
-_R = f"min(max(u.cached_prompt_tokens, 0), {_P})"
-_W = f"min(max(u.cache_creation_prompt_tokens, 0), {_P} - {_R})"
-_PRICED_COLUMNS = (
-    f"{_P} AS pp, max(u.completion_tokens, 0) AS po, {_R} AS pr, {_W} AS pw,"
-    f" min(max(u.cache_creation_1h_prompt_tokens, 0), {_W}) AS ph"
-)
 _SESSION_COLUMN = re.compile(r"(?<![\w.])s\.")  # SQL that reads the session row `s`
 LOCAL_DAY = "{local_day}"
 # which `timewindow.SPAN_MS` spans hold token rows: an index seek per span
@@ -435,15 +430,25 @@ async def _costs(
     for pair in installed_pairs():
         cuts.add(price_of(*pair))
     by_rows: set[tuple[str, str]] = set()  # pairs whose rows are priced one by one
+    rolled = _rollup_keys(keys, f, extra_where)
+    if rolled is not None and not await _one(conn, _HAS_ROLLUPS):
+        rolled = None  # a store of an older schema, read before its migration
     while True:
         grouped = keys
+        spans: list[int] | None = None
         if day_keys:
             # the zone's offsets over the spans that hold token rows; a row in
             # another span (written since) has no day, and the spans are read again
             spans = [v for (v,) in await _all(conn, _TOKEN_SPANS) if v is not None]
             day = timewindow.local_day_sql("u.recorded_at_ms", f.tz, spans)
             grouped = tuple(key.replace(LOCAL_DAY, day) for key in keys)
-        sql = _grouped_sql(grouped, src, where, cuts, exclude=bool(by_rows))
+        bucket = None if rolled is None or by_rows else _rollup_width(f, cuts, spans)
+        if bucket is None:
+            sql = _grouped_sql(grouped, src.tables, where, cuts, exclude=bool(by_rows))
+        else:
+            day = "" if spans is None else timewindow.local_day_sql("r.first_at_ms", f.tz, spans)
+            buckets = tuple(key.replace(LOCAL_DAY, day) for key in rolled or ())
+            sql = _rolled_sql(grouped, buckets, where, cuts, bucket, f)
         rows = await _all(conn, sql, {**params, "by_rows": _pairs_json(by_rows)})
         if any(row[i] is None for row in rows for i in day_keys):
             continue
@@ -527,28 +532,153 @@ class _Cuts:
     __hash__ = None  # type: ignore[assignment]
 
 
+_ROW_SUMS = "sum(prompt), sum(completion), sum(total), sum(cached), sum(creation)"
+_PRICED_SUMS = "sum(pp), sum(po), sum(pr), sum(pw), sum(ph)"
+
+
+def _token_rows(keys: tuple[str, ...], tables: str, where: str) -> str:
+    """One row per token row: its keys `k0`…, provider `p`, model `m`,
+    instant `at`, stored counts and priced counts (PRICED_COLUMNS)."""
+    columns = ", ".join(f"{key} AS k{i}" for i, key in enumerate(keys))
+    return f"""
+    SELECT {columns}, {TOKEN_PROVIDER} AS p, {TOKEN_MODEL} AS m,
+           u.recorded_at_ms AS at, u.prompt_tokens AS prompt,
+           u.completion_tokens AS completion, u.total_tokens AS total,
+           u.cached_prompt_tokens AS cached, u.cache_creation_prompt_tokens AS creation,
+           {PRICED_COLUMNS}
+    FROM {tables} WHERE {where}"""
+
+
+def _sides(cuts: _Cuts, at: str, tier: str) -> str:
+    """`tier`, `dated`, `timed`: which side of each cut a row (or rollup
+    row, `at` its earliest instant) is on."""
+    return (
+        f"{tier} AS tier, {_cut_sum(at, cuts.dates, '>=')} AS dated,"
+        f" {_cut_sum(f'({at} % 86400000) * 1000', cuts.times, '>=')} AS timed"
+    )
+
+
 def _grouped_sql(
-    keys: tuple[str, ...], src: Source, where: str, cuts: _Cuts, *, exclude: bool
+    keys: tuple[str, ...], tables: str, where: str, cuts: _Cuts, *, exclude: bool
 ) -> str:
     """Token sums per key, provider, model and side of every cut; with
     `exclude`, none of the (provider, model) pairs in `:by_rows`."""
-    names = [f"k{i}" for i in range(len(keys))]
-    columns = ", ".join(f"{key} AS {name}" for key, name in zip(keys, names, strict=True))
+    names = ", ".join(f"k{i}" for i in range(len(keys)))
     return f"""
-    SELECT {", ".join(names)}, p, m,
-           {_cut_sum("pp", cuts.starts, ">")} AS tier,
-           {_cut_sum("at", cuts.dates, ">=")} AS dated,
-           {_cut_sum("(at % 86400000) * 1000", cuts.times, ">=")} AS timed,
-           min(at), min(pp), count(*), sum(prompt), sum(completion), sum(total),
-           sum(cached), sum(creation), sum(pp), sum(po), sum(pr), sum(pw), sum(ph)
-    FROM (SELECT {columns}, {TOKEN_PROVIDER} AS p, {TOKEN_MODEL} AS m,
-                 u.recorded_at_ms AS at, u.prompt_tokens AS prompt,
-                 u.completion_tokens AS completion, u.total_tokens AS total,
-                 u.cached_prompt_tokens AS cached, u.cache_creation_prompt_tokens AS creation,
-                 {_PRICED_COLUMNS}
-          FROM {src.tables} WHERE {where})
+    SELECT {names}, p, m, {_sides(cuts, "at", _cut_sum("pp", cuts.starts, ">"))},
+           min(at), min(pp), count(*), {_ROW_SUMS}, {_PRICED_SUMS}
+    FROM ({_token_rows(keys, tables, where)})
     WHERE {"NOT " + _PAIR_IN.format(p="p", m="m") if exclude else "1"}
-    GROUP BY {", ".join(names)}, p, m, tier, dated, timed
+    GROUP BY {names}, p, m, tier, dated, timed
+    """
+
+
+# rollup-row SQL for a key's token-row SQL; a key reading anything else
+# (the session, the thread) cannot be answered from rollups
+_ROLLED_COLUMNS = ((TOKEN_PROVIDER, "r.provider"), (TOKEN_MODEL, "r.model"), ("u.agent", "r.agent"))
+_ROW_COLUMN = re.compile(r"(?<![\w.])[uts]\.")
+_NOT_DIRTY = f"u.recorded_at_ms / {DAY_MS} NOT IN (SELECT day FROM rollup_dirty_days)"
+
+
+_HAS_ROLLUPS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'token_rollups'"
+
+
+def _rollup_keys(keys: tuple[str, ...], f: Filters, extra_where: str) -> tuple[str, ...] | None:
+    """The keys over `token_rollups r`, or None when these filters or keys
+    need more than a rollup row holds."""
+    if extra_where or f.thread is not None or f.tool is not None or f.workspace is not None:
+        return None
+    rolled = []
+    for key in keys:
+        for column, rolled_column in _ROLLED_COLUMNS:
+            key = key.replace(column, rolled_column)
+        if _ROW_COLUMN.search(key):
+            return None
+        rolled.append(key)
+    return tuple(rolled)
+
+
+def _rollup_window(f: Filters, width: int) -> tuple[int | None, int | None]:
+    """[lo, hi) in ms: the whole buckets of this width inside the window."""
+    lo = None if f.since_ms is None else -(-f.since_ms // width) * width
+    hi = None if f.until_ms is None else f.until_ms // width * width
+    return lo, hi
+
+
+def _rollup_width(f: Filters, cuts: _Cuts, spans: list[int] | None) -> int | None:
+    """The widest rollup width whose buckets each lie on one side of every
+    cut and within one local day of `f.tz` (over `spans`; None: no day key),
+    or None: the query reads raw rows."""
+    if not cuts.starts <= set(PROMPT_BANDS):
+        return None
+    for width in token_rollups.WIDTHS:
+        if any(d % width for d in cuts.dates) or any(t % (width * 1000) for t in cuts.times):
+            continue
+        if spans is not None and not timewindow.offsets_aligned(f.tz, spans, width):
+            continue
+        lo, hi = _rollup_window(f, width)
+        if lo is not None and hi is not None and lo >= hi:
+            continue  # no whole bucket in the window
+        return width
+    return None
+
+
+def _rolled_sql(
+    keys: tuple[str, ...], rolled: tuple[str, ...], where: str, cuts: _Cuts, width: int,
+    f: Filters,
+) -> str:  # fmt: skip
+    """`_grouped_sql`'s sums from the rollup rows of every day not marked
+    dirty, and from raw rows for the rest: dirty days, and the window's
+    partial buckets at either end. One statement: one snapshot of both."""
+    names = ", ".join(f"k{i}" for i in range(len(keys)))
+    lo, hi = _rollup_window(f, width)
+    raw_tier = _cut_sum("pp", cuts.starts, ">")
+
+    def raw(tables: str, extra: str) -> str:
+        return f"""
+        SELECT {names}, p, m, {_sides(cuts, "at", raw_tier)}, at, pp AS tp, 1 AS n,
+               prompt, completion, total, cached, creation, pp, po, pr, pw, ph
+        FROM ({_token_rows(keys, tables, f"{where} AND {extra}")})"""
+
+    branches = [
+        raw(
+            f"rollup_dirty_days d JOIN token_usage u ON u.recorded_at_ms >= d.day * {DAY_MS}"
+            f" AND u.recorded_at_ms < (d.day + 1) * {DAY_MS} {TOKEN_TURN_JOIN}",
+            "1",
+        )
+    ]
+    table = f"token_usage u {TOKEN_TURN_JOIN}"
+    if lo is not None and lo != f.since_ms:
+        branches.append(raw(table, f"u.recorded_at_ms < {lo} AND {_NOT_DIRTY}"))
+    if hi is not None and hi != f.until_ms:
+        branches.append(raw(table, f"u.recorded_at_ms >= {hi} AND {_NOT_DIRTY}"))
+    clauses = [f"r.width_ms = {width}", f"r.bucket / {DAY_MS // width} NOT IN "
+               "(SELECT day FROM rollup_dirty_days)"]  # fmt: skip
+    if lo is not None:
+        clauses.append(f"r.bucket >= {lo // width}")
+    if hi is not None:
+        clauses.append(f"r.bucket < {hi // width}")
+    if f.provider is not None:
+        clauses.append("r.provider = :provider")
+    if f.model is not None:
+        clauses.append("r.model = :model")
+    if f.agent is not None:
+        clauses.append("r.agent = :agent")
+    tier = " + ".join(f"(r.band > {PROMPT_BANDS.index(c)})" for c in sorted(cuts.starts)) or "0"
+    columns = ", ".join(f"{key} AS k{i}" for i, key in enumerate(rolled))
+    branches.append(f"""
+        SELECT {columns}, r.provider AS p, r.model AS m, {_sides(cuts, "r.first_at_ms", tier)},
+               r.first_at_ms AS at, r.least_priced_prompt AS tp, r.row_count AS n,
+               r.prompt_tokens AS prompt, r.completion_tokens AS completion,
+               r.total_tokens AS total, r.cached_prompt_tokens AS cached,
+               r.cache_creation_prompt_tokens AS creation, r.priced_prompt AS pp,
+               r.priced_completion AS po, r.priced_cached AS pr, r.priced_creation AS pw,
+               r.priced_creation_1h AS ph
+        FROM token_rollups r WHERE {_join(clauses)}""")
+    return f"""
+    SELECT {names}, p, m, tier, dated, timed, min(at), min(tp), sum(n), {_ROW_SUMS}, {_PRICED_SUMS}
+    FROM ({" UNION ALL ".join(branches)})
+    GROUP BY {names}, p, m, tier, dated, timed
     """
 
 

@@ -164,6 +164,36 @@ MIGRATION_5 = """
     CREATE INDEX token_usage_message ON token_usage (message_id) WHERE message_id IS NOT NULL;
 """
 
+# 6: token rows summed per UTC hour and quarter hour (store/token_rollups.py),
+# a cache that queries read for every day not marked dirty; every day with
+# token rows starts marked, so the first refresh fills it.
+MIGRATION_6 = """
+    CREATE TABLE token_rollups (
+        width_ms INTEGER NOT NULL,          -- the bucket's width: an hour or a quarter hour
+        bucket INTEGER NOT NULL,            -- recorded_at_ms / width_ms
+        agent TEXT NOT NULL,
+        provider TEXT,                      -- the row's own, else its turn's
+        model TEXT,
+        band INTEGER NOT NULL,              -- how many PROMPT_BANDS the priced prompt exceeds
+        row_count INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,     -- sums of the stored counts
+        completion_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        cached_prompt_tokens INTEGER NOT NULL,
+        cache_creation_prompt_tokens INTEGER NOT NULL,
+        priced_prompt INTEGER NOT NULL,     -- sums of the counts as priced (clamped)
+        priced_completion INTEGER NOT NULL,
+        priced_cached INTEGER NOT NULL,
+        priced_creation INTEGER NOT NULL,
+        priced_creation_1h INTEGER NOT NULL,
+        first_at_ms INTEGER NOT NULL,       -- the earliest row's instant
+        least_priced_prompt INTEGER NOT NULL
+    );
+    CREATE INDEX token_rollups_bucket ON token_rollups (width_ms, bucket);
+    INSERT OR IGNORE INTO rollup_dirty_days (day)
+        SELECT DISTINCT recorded_at_ms / 86400000 FROM token_usage;
+"""
+
 AGENTS = ("roder", "claude-code")
 
 
@@ -348,6 +378,7 @@ MIGRATIONS: list[str] = [
     + LOCAL_V2_VIEW,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_6,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -355,7 +386,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 ANALYTICS_TABLES = (
     "sessions", "turns", "tool_calls", "token_usage", "activity", "activity_classes",
     "thread_owners",
-    "daily_rollups", "rollup_dirty_days", "files",
+    "daily_rollups", "rollup_dirty_days", "token_rollups", "files",
 )  # fmt: skip
 
 
