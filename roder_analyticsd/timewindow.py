@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from roder_analyticsd.bounds import clamp_time_ms
@@ -265,6 +265,18 @@ def _offset_at_s(tz: tzinfo, second: int) -> int:
     return (offset.days * 86_400 + offset.seconds) * 1000 + offset.microseconds // 1000
 
 
+# zones whose offset never changes (tzdata's links to Etc/UTC and Etc/GMT)
+_FIXED_KEYS = frozenset(
+    ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+     "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/GMT0", "GMT0", "Etc/Greenwich", "Greenwich")
+)  # fmt: skip
+
+
+def _fixed(tz: tzinfo) -> bool:
+    """A zone with one offset forever: no need to scan for changes."""
+    return isinstance(tz, timezone) or getattr(tz, "key", None) in _FIXED_KEYS
+
+
 def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
     """The zone's UTC offset over [lo_ms, hi_ms]: (from_ms, offset_ms) pieces,
     the first from `lo_ms` (and before it), each next from the instant the
@@ -272,6 +284,8 @@ def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
     second, last = lo_ms // 1000, hi_ms // 1000
     offset = _offset_at_s(tz, second)
     pieces = [(lo_ms, offset)]
+    if _fixed(tz):
+        return pieces
     while second < last:
         ahead = min(second + _SCAN_STEP_S, last)
         if _offset_at_s(tz, ahead) == offset:
