@@ -55,6 +55,8 @@ def rfc3339_to_ms(s: str) -> int:
     if (
         20 <= n <= (30 if zulu else 35)  # at most nine fraction digits
         and s[10] == "T"
+        and s[13] == ":"  # fromisoformat also takes HH:MM.ff or HHMMSS
+        and s[16] == ":"
         and s.isascii()
         and (zulu or (s[-3] == ":" and s[-2:] < "60"))
         and s[19] in ".Z+-"
