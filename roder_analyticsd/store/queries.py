@@ -28,7 +28,7 @@ time), summed exactly: SQLite sums the rows that share a price rule and tier
 bracket, each such sum is priced once (the price is linear in the counts
 there), and the sum is kept as an exact fraction until the answer's float.
 Those sums come from `token_rollups` (store/token_rollups.py: the same sums
-per UTC hour or quarter hour) for every day whose rollups are fresh, and
+per UTC day, hour or quarter hour) for every day whose rollups are fresh, and
 from the token rows themselves for the rest, in one statement; a query
 that needs more than a rollup row holds (a session, a tool, a workspace)
 or whose price cuts or zone split a bucket reads the token rows only.

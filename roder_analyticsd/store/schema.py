@@ -164,12 +164,12 @@ MIGRATION_5 = """
     CREATE INDEX token_usage_message ON token_usage (message_id) WHERE message_id IS NOT NULL;
 """
 
-# 6: token rows summed per UTC hour and quarter hour (store/token_rollups.py),
+# 6: token rows summed per UTC day, hour and quarter hour (store/token_rollups.py),
 # a cache that queries read for every day not marked dirty; every day with
 # token rows starts marked, so the first refresh fills it.
 MIGRATION_6 = """
     CREATE TABLE token_rollups (
-        width_ms INTEGER NOT NULL,          -- the bucket's width: an hour or a quarter hour
+        width_ms INTEGER NOT NULL,          -- the bucket's width: a day, an hour or a quarter hour
         bucket INTEGER NOT NULL,            -- recorded_at_ms / width_ms
         agent TEXT NOT NULL,
         provider TEXT,                      -- the row's own, else its turn's

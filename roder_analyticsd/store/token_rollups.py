@@ -3,8 +3,8 @@
 `stats tokens`, `summary` and the dashboard's token charts fold token rows
 into sums per key, provider, model and side of every price cut
 (queries.py `_costs`). Over a long history that is a scan of every row.
-`token_rollups` holds the same sums per UTC bucket of an hour and of a
-quarter hour, agent, provider, model (a row's own, else its turn's) and
+`token_rollups` holds the same sums per UTC bucket of a day, an hour and
+a quarter hour, agent, provider, model (a row's own, else its turn's) and
 prompt-size band, so such a query reads a few rows per hour of use instead.
 
 It is a cache of `token_usage`, never a record of its own: a day's rows are
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 HOUR_MS = 3_600_000
 QUARTER_MS = 900_000
-WIDTHS = (HOUR_MS, QUARTER_MS)  # widest first: a query takes the first that fits
+WIDTHS = (DAY_MS, HOUR_MS, QUARTER_MS)  # widest first: a query takes the first that fits
 # Prompt sizes where a price in genai-prices' table changes tier (`pp > start`):
 # a rollup row's `band` is how many of these its rows' priced prompts exceed.
 PROMPT_BANDS = (32_000, 100_000, 128_000, 199_999, 200_000, 256_000, 272_000, 512_000, 524_288)
@@ -63,8 +63,8 @@ _COLUMNS = """token_rollups (width_ms, bucket, agent, provider, model, band, row
     cache_creation_prompt_tokens, priced_prompt, priced_completion, priced_cached,
     priced_creation, priced_creation_1h, first_at_ms, least_priced_prompt)"""
 # quarter hours from the raw rows that `{rows}` picks (`u`), then hours from
-# the quarter hours (a quarter-hour bucket lies in one hour); a day as
-# `{days}` picks rollup rows: a JSON array of UTC day numbers
+# the quarter hours and days from the hours (a finer bucket lies in one
+# coarser one); `:days` is a JSON array of UTC day numbers
 _QUARTERS = f"""
 INSERT INTO {_COLUMNS}
 SELECT {QUARTER_MS}, u.recorded_at_ms / {QUARTER_MS}, u.agent, {TOKEN_PROVIDER}, {TOKEN_MODEL},
@@ -78,14 +78,15 @@ GROUP BY 2, 3, 4, 5, 6
 _IN_DAYS = "bucket / ({DAY_MS} / width_ms) IN (SELECT value FROM json_each(:days))".replace(
     "{DAY_MS}", str(DAY_MS)
 )
-_HOURS = f"""
+# a coarser width's rows from the next finer one's (`{width}` from `{finer}`)
+_COARSER = f"""
 INSERT INTO {_COLUMNS}
-SELECT {HOUR_MS}, bucket / {HOUR_MS // QUARTER_MS}, agent, provider, model, band,
+SELECT {{width}}, bucket / ({{width}} / {{finer}}), agent, provider, model, band,
        sum(row_count), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
        sum(cached_prompt_tokens), sum(cache_creation_prompt_tokens), sum(priced_prompt),
        sum(priced_completion), sum(priced_cached), sum(priced_creation),
        sum(priced_creation_1h), min(first_at_ms), min(least_priced_prompt)
-FROM token_rollups WHERE width_ms = {QUARTER_MS} AND {_IN_DAYS}
+FROM token_rollups WHERE width_ms = {{finer}} AND {_IN_DAYS}
 GROUP BY 2, 3, 4, 5, 6
 """
 # a few days: each day's rows through the time index; more: one scan of the
@@ -112,7 +113,8 @@ async def refresh_days(conn: aiosqlite.Connection, days: Iterable[int]) -> None:
         for day in todo:
             bounds = {"lo": day * DAY_MS, "hi": (day + 1) * DAY_MS}
             await conn.execute(_QUARTERS.format(rows=_ONE_DAY), bounds)
-    await conn.execute(_HOURS, listed)
+    for finer, width in ((QUARTER_MS, HOUR_MS), (HOUR_MS, DAY_MS)):
+        await conn.execute(_COARSER.format(width=width, finer=finer), listed)
 
 
 async def drop_before(conn: aiosqlite.Connection, cutoff_ms: int) -> None:
