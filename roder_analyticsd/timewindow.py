@@ -41,10 +41,99 @@ _ONE_MS = timedelta(milliseconds=1)
 _fromisoformat = datetime.fromisoformat
 
 
+# The layout agents write, `YYYY-MM-DDTHH:MM:SS.fff[f{0,6}](Z|±HH:MM)`, is
+# read by lookups of its fields in small tables: the day (cached as met), the
+# clock, the second, the millisecond, the offset; digits past the millisecond
+# only need to be digits. Another layout (no fraction, a short one) is read
+# from the same tables by `_other_to_ms`, and anything those tables do not
+# hold (a leap second, lower case, ...) by `_general_to_ms`; every route
+# gives the same value for a string it reads (tests/test_timewindow.py
+# compares them).
+_DAY_MS: dict[str, int] = {}
+_DAYS_CACHED = 4096
+_CLOCK_MS = {
+    f"T{h:02d}:{m:02d}": h * _MS_PER_HOUR + m * _MS_PER_MINUTE for h in range(24) for m in range(60)
+}
+_SECOND_MS = {f":{sec:02d}": sec * 1000 for sec in range(60)}  # :60 (leap): the general route
+_MILLIS = {f".{ms:03d}": ms for ms in range(1000)}
+_OFFSET_MS = {"Z": 0} | {
+    f"{sign}{h:02d}:{m:02d}": (-1 if sign == "+" else 1) * (h * _MS_PER_HOUR + m * _MS_PER_MINUTE)
+    for sign in "+-"
+    for h in range(24)
+    for m in range(60)
+}  # what to add to a local time to make it UTC
+
+
 def rfc3339_to_ms(s: str) -> int:
     """Epoch milliseconds of an RFC 3339 timestamp, floored (never rounded).
 
-    Fast path: CPython's C `fromisoformat` keeps six fraction digits and
+    Raises ValueError for anything `_general_to_ms` refuses.
+    """
+    day = _DAY_MS.get(s[:10])
+    clock = _CLOCK_MS.get(s[10:16])
+    second = _SECOND_MS.get(s[16:19])
+    if s[-1:] == "Z":
+        offset = 0
+        frac = s[19:-1]
+    else:
+        offset = _OFFSET_MS.get(s[-6:])
+        frac = s[19:-6]
+    ms = _MILLIS.get(frac[:4])
+    if (
+        day is not None
+        and clock is not None
+        and second is not None
+        and offset is not None
+        and ms is not None
+        and (len(frac) == 4 or (len(frac) <= 10 and frac[4:].isdigit() and frac[4:].isascii()))
+    ):
+        return day + clock + second + ms + offset
+    return _other_to_ms(s)
+
+
+def _other_to_ms(s: str) -> int:
+    """`rfc3339_to_ms` past its day cache and millisecond table: fills the
+    cache, reads a time with no fraction or a short one."""
+    day = _day_ms(s[:10])
+    clock = _CLOCK_MS.get(s[10:16])
+    second = _SECOND_MS.get(s[16:19])
+    tz_at = len(s) - 1 if s[-1:] == "Z" else len(s) - 6
+    offset = _OFFSET_MS.get(s[tz_at:])
+    frac = s[19:tz_at]
+    if day is None or clock is None or second is None or offset is None or tz_at < 19:
+        return _general_to_ms(s)
+    if not frac:
+        ms = 0
+    elif len(frac) < 4:
+        ms = _MILLIS.get((frac + "00")[:4])
+    elif len(frac) == 4 or (len(frac) <= 10 and frac[4:].isdigit() and frac[4:].isascii()):
+        ms = _MILLIS.get(frac[:4])
+    else:
+        ms = None
+    if ms is None:
+        return _general_to_ms(s)
+    return day + clock + second + ms + offset
+
+
+def _day_ms(text: str) -> int | None:
+    """Epoch ms of a strict `YYYY-MM-DD`'s midnight, cached; None for any other text."""
+    ms = _DAY_MS.get(text)
+    if ms is not None:
+        return ms
+    try:
+        ms = _epoch_days(text) * _MS_PER_DAY
+    except ValueError:
+        return None
+    if len(_DAY_MS) >= _DAYS_CACHED:
+        _DAY_MS.clear()
+    _DAY_MS[text] = ms
+    return ms
+
+
+def _general_to_ms(s: str) -> int:
+    """`rfc3339_to_ms` of any string, by the general route.
+
+    CPython's C `fromisoformat` keeps six fraction digits and
     drops the rest (truncation, so flooring to ms stays exact) and the
     timedelta arithmetic is integer. It accepts a few ISO 8601 forms that
     are not RFC 3339; anything it refuses, or a time without an offset,

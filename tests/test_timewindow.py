@@ -121,6 +121,79 @@ def test_rfc3339_mutations_either_match_reference_or_raise_value_error(
         assert rfc3339_to_ms(mutated) == expected
 
 
+def _general_or_error(text: str) -> int | type[ValueError]:
+    try:
+        return timewindow._general_to_ms(text)
+    except ValueError:
+        return ValueError
+
+
+def _table_route_or_error(text: str) -> int | type[ValueError]:
+    try:
+        return rfc3339_to_ms(text)
+    except ValueError:
+        return ValueError
+
+
+_LAYOUT_CHARS = list("0123456789:+-.TZtz x,W") + ["\u0661", "\uff12", "_", "\u00b2"]
+
+
+@st.composite
+def near_layout_strings(draw) -> str:
+    """Strings at and around the layout the lookup tables read: every field
+    width, offsets to ±23:59 and past, and a few characters changed."""
+    text = draw(rfc3339_strings())
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(text)))
+        char = draw(st.sampled_from(_LAYOUT_CHARS))
+        action = draw(st.sampled_from(["delete", "replace", "insert"]))
+        if action == "delete":
+            text = text[:i] + text[i + 1 :]
+        elif action == "replace":
+            text = text[:i] + char + text[i + 1 :]
+        else:
+            text = text[:i] + char + text[i:]
+    return text
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(st.one_of(near_layout_strings(), st.text(max_size=40)))
+@example("2026-06-13T11:25:25.106Z")
+@example("2026-06-13T11:25:25.106+05:30")
+@example("2026-06-13T11:25:25.106-00:00")
+@example("2026-06-13T11:25:25.1069999Z")
+@example("2026-06-13T11:25:25.106999999+23:59")
+@example("2026-06-13T11:25:25.1069999999Z")  # ten digits
+@example("2026-06-13T11:25:25.106\u0661Z")
+@example("2026-06-13T11:25:25.5Z")
+@example("2026-06-13T11:25:25.Z")
+@example("2026-06-13T11:25:25Z")
+@example("2026-06-13T11:25:60.106Z")  # leap second
+@example("2026-06-13T11:25:25.106+24:00")
+@example("2026-06-13T24:00:00.000Z")
+@example("2026-02-29T11:25:25.106Z")
+@example("2024-02-29T11:25:25.106Z")
+@example("0000-01-01T00:00:00.000Z")
+@example("0001-01-01T00:00:00.000Z")
+@example("2026-W24-6T11:25:25.106Z")  # an ISO week date the general route reads
+@example("2026-06-13T11:25:25.106")
+@example("2026-06-13T11:25:25.106ZZ")
+@example("2026-06-13t11:25:25.106z")
+def test_table_route_matches_general_route(text: str) -> None:
+    # twice: the first call may fill the caches, the second reads them
+    expected = _general_or_error(text)
+    assert _table_route_or_error(text) == expected
+    assert _table_route_or_error(text) == expected
+
+
+def test_table_route_day_cache_stays_bounded() -> None:
+    start = datetime(2026, 1, 1)
+    for n in range(timewindow._DAYS_CACHED + 10):
+        stamp = (start + timedelta(days=n, minutes=n)).strftime("%Y-%m-%dT%H:%M:%S.123Z")
+        assert rfc3339_to_ms(stamp) == reference_ms(stamp)
+    assert 0 < len(timewindow._DAY_MS) <= timewindow._DAYS_CACHED
+
+
 @pytest.mark.parametrize(
     "text",
     [
