@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from roder_analyticsd.bounds import MAX_TOKENS, TokenCount, check_time_ms
+from roder_analyticsd.bounds import MAX_TIME_MS, MAX_TOKENS, MIN_TIME_MS, TokenCount, check_time_ms
 from roder_analyticsd.pipeline.batch import Batch, ParseError
 from roder_analyticsd.sources.roder import ThreadMetadata
 from roder_analyticsd.timewindow import rfc3339_to_ms
@@ -242,7 +242,20 @@ class Line(_Base, rename="camel"):
     data: msgspec.Raw = _NO_RAW
 
 
+class ListMessage(Message):
+    """A message whose content is a list of blocks (or null), decoded in the
+    same pass as its line. A prompt typed as a string fails this view, and
+    its line is read again by `Line`, which never turns it into a str."""
+
+    content: list[Block] | None = None  # type: ignore[assignment]
+
+
+class ListLine(Line):
+    message: ListMessage | None = None  # type: ignore[assignment]
+
+
 _line = msgspec.json.Decoder(Line)
+_list_line = msgspec.json.Decoder(ListLine)
 _blocks = msgspec.json.Decoder(list[Block])
 _progress = msgspec.json.Decoder(ProgressData)
 
@@ -389,20 +402,38 @@ def _fact(facts: dict[str, list], session: str, cwd: str | None, model: str | No
 
 
 def decode(batch: Batch) -> Batch:
+    # One pass per line, in the order decode_line takes: a line's content
+    # blocks come with it (ListLine); any line that view refuses (a prompt
+    # string, a malformed line, a blank one), and a progress line, goes to
+    # decode_line, which reads it exactly as before.
     out: list = []
     facts: dict[str, list] = {}
     errors: list[ParseError] = []
     unknown: Counter[str] = Counter()
     ingested = 0
     number = batch.first_line_no - 1
+    decode_listed = _list_line.decode
+    keep = out.append
     for line in batch.lines:
         number += 1
         try:
-            kind = decode_line(line, out, facts)
+            rec = decode_listed(line)
+        except msgspec.DecodeError:
+            rec = None
+        try:
+            if rec is None or rec.type == "progress":
+                kind = decode_line(line, out, facts)
+                if kind is None:
+                    continue
+            else:
+                kind = rec.type
+                session = rec.session_id
+                if kind in _PROJECTED_TYPES and session is not None:
+                    _listed(rec, kind, session, line, keep, facts)
+                elif not kind:
+                    kind = "(none)"
         except ValueError as exc:
             errors.append(ParseError(batch.path, number, str(exc)))
-            continue
-        if kind is None:
             continue
         ingested += 1
         if kind not in _PROJECTED_TYPES:
@@ -416,6 +447,76 @@ def decode(batch: Batch) -> Batch:
         unknown_kinds=unknown,
         lines_ingested=ingested,
     )
+
+
+def _listed(rec: ListLine, kind: str, session: str, line: bytes, keep, facts: dict) -> None:
+    """decode_line's work for a user or assistant line decoded as a ListLine
+    (_call, _content and _fact inlined: this runs for most lines)."""
+    stamp = rec.timestamp
+    if stamp is None:
+        raise ValueError("line without a timestamp")
+    at = rfc3339_to_ms(stamp)
+    if not MIN_TIME_MS <= at < MAX_TIME_MS:
+        check_time_ms(at)
+    sidechain = bool(rec.is_sidechain)
+    msg = rec.message
+    model = None
+    if msg is not None:
+        model = msg.model
+        usage = msg.usage
+        if kind == "assistant" and usage is not None and model != SYNTHETIC:
+            # counts are >= 0 (TokenCount), so `or 0` is _count
+            cached = usage.cache_read_input_tokens or 0
+            split = usage.cache_creation
+            if split is not None:
+                creation_1h = split.ephemeral_1h_input_tokens or 0
+                creation = (split.ephemeral_5m_input_tokens or 0) + creation_1h
+            else:
+                creation_1h = 0
+                creation = usage.cache_creation_input_tokens or 0
+            prompt = (usage.input_tokens or 0) + creation + cached
+            completion = usage.output_tokens or 0
+            if prompt + completion > MAX_TOKENS:
+                raise ValueError(f"token counts above {MAX_TOKENS}")
+            if prompt or completion:
+                message_id = msg.id
+                if message_id is not None:
+                    key = f"{message_id}:{rec.request_id or ''}"
+                elif rec.uuid is not None:
+                    key = f"uuid:{rec.uuid}"
+                else:
+                    key = "line:" + hashlib.blake2b(line, digest_size=16).hexdigest()
+                keep((
+                    CALL, session, key, at, model, prompt, completion, cached, creation,
+                    creation_1h, message_id, sidechain, msg.stop_reason is not None,
+                ))  # fmt: skip
+        blocks = msg.content
+        if blocks:
+            results = 0
+            for block in blocks:
+                btype = block.type
+                if btype == "tool_use":
+                    if block.id is not None:
+                        keep((TOOL_USE, session, block.id, block.name, at, sidechain))
+                elif btype == "tool_result" and block.tool_use_id is not None:
+                    results += 1
+                    keep((TOOL_RESULT, session, block.tool_use_id, at, bool(block.is_error),
+                          sidechain))  # fmt: skip
+            if kind == "user" and rec.uuid is not None and results < len(blocks):
+                keep((PROMPT, session, rec.uuid, at, sidechain))
+    # _fact: [first_at, last_at, cwd_at, cwd, model_at, model]
+    f = facts.get(session)
+    if f is None:
+        f = facts[session] = [at, at, None, None, None, None]
+    elif at < f[0]:
+        f[0] = at
+    elif at > f[1]:
+        f[1] = at
+    cwd = rec.cwd
+    if cwd and (f[2] is None or (at, cwd) > (f[2], f[3])):
+        f[2], f[3] = at, cwd
+    if model and model != SYNTHETIC and (f[4] is None or (at, model) > (f[4], f[5])):
+        f[4], f[5] = at, model
 
 
 def _metadata(session: str, f: list) -> ThreadMetadata:
