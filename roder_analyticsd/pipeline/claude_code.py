@@ -19,8 +19,10 @@ the lines arrive in, however often they are replayed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import struct
 
-from roder_analyticsd.pipeline.attribute import ERROR, FEATURE, activity_id, class_row
+from roder_analyticsd.pipeline.attribute import ERROR, FEATURE, class_row
 from roder_analyticsd.pipeline.batch import Batch, Rows
 from roder_analyticsd.pipeline.project import _put, merge_session, merge_tool_call, merge_turn
 from roder_analyticsd.sources.claude_code import CALL, PROMPT, PROVIDER, TOOL_RESULT, TOOL_USE
@@ -48,6 +50,12 @@ def _classes(sidechain: bool) -> dict[str, tuple]:
 
 
 _CLASSES = {False: _classes(False), True: _classes(True)}
+# the same rows by sidechain flag, one lookup a fact
+_PROMPT_ROWS = {side: rows[PROMPT] for side, rows in _CLASSES.items()}
+_CALL_ROWS = {side: rows[CALL] for side, rows in _CLASSES.items()}
+_TOOL_ROWS = {(error, side): rows["error" if error else "ok"]
+              for side, rows in _CLASSES.items() for error in (False, True)}  # fmt: skip
+_ACTIVITY_ID = struct.Struct(">q").unpack  # = attribute.activity_id's int.from_bytes
 
 
 def attribute(batch: Batch) -> Batch:
@@ -55,25 +63,30 @@ def attribute(batch: Batch) -> Batch:
     line that ends its stream), a tool result a tool_call."""
     activity: list[tuple] = []
     classes: dict[int, tuple] = {}
+    keep = activity.append
+    blake2b = hashlib.blake2b
+    unpack = _ACTIVITY_ID
     for fact in batch.events:
         kind = fact[0]
-        if kind == TOOL_USE:
-            continue
-        rows = _CLASSES[fact[-1] if kind != CALL else fact[11]]
-        provider = model = None
-        if kind == PROMPT:
-            _, session, uuid, at, _side = fact
-            row, ident = rows[PROMPT], uuid
-        elif kind == CALL:
+        if kind == CALL:
             if not fact[12]:
                 continue  # a partial line of a streamed response
-            session, at, ident = fact[1], fact[3], fact[2]
-            row, provider, model = rows[CALL], PROVIDER, fact[4]
-        else:  # TOOL_RESULT
-            _, session, tool_id, at, is_error, _side = fact
-            row, ident = rows["error" if is_error else "ok"], tool_id
-        classes[row[0]] = row
-        activity.append((activity_id(session, ident, kind), session, at, row[0], provider, model))
+            session, ident, at = fact[1], fact[2], fact[3]
+            row, provider, model = _CALL_ROWS[fact[11]], PROVIDER, fact[4]
+        elif kind == TOOL_RESULT:
+            _, session, ident, at, is_error, side = fact
+            row, provider, model = _TOOL_ROWS[bool(is_error), side], None, None
+        elif kind == PROMPT:
+            _, session, ident, at, side = fact
+            row, provider, model = _PROMPT_ROWS[side], None, None
+        else:  # TOOL_USE: its result is the tool_call
+            continue
+        class_id = row[0]
+        classes[class_id] = row
+        # activity_id(session, ident, kind), inlined
+        raw = f"{session or ''}\x00{ident}\x00{kind}".encode()
+        keep((unpack(blake2b(raw, digest_size=8).digest())[0], session, at, class_id, provider,
+              model))  # fmt: skip
     return dataclasses.replace(
         batch, activity=activity, activity_classes=list(classes.values()), thread_owners=[]
     )
@@ -105,6 +118,7 @@ def project(batch: Batch) -> Batch:
             s.created_at_ms, s.updated_at_ms,
         )  # fmt: skip
         _put(sessions, s.thread_id, row, merge_session)
+    # _put inlined: a merge only for a key met before
     for fact in batch.events:
         kind = fact[0]
         if kind == CALL:
@@ -114,19 +128,23 @@ def project(batch: Batch) -> Batch:
                 session, key, at, prompt, completion, prompt + completion, cached, creation,
                 creation_1h, PROVIDER, model, message_id, 1 if sidechain else 0,
             )  # fmt: skip
-            _put(calls, (session, key), row, merge_call)
+            old = calls.get(key := (session, key))
+            calls[key] = row if old is None or call_rank(row) > call_rank(old) else old
         elif kind == TOOL_USE:
             _, session, tool_id, name, at, _side = fact
-            _put(tools, (session, NO_TURN, tool_id),
-                 (session, NO_TURN, tool_id, name, at, None, None), merge_tool_call)  # fmt: skip
+            row = (session, NO_TURN, tool_id, name, at, None, None)
+            old = tools.get(key := (session, NO_TURN, tool_id))
+            tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == TOOL_RESULT:
             _, session, tool_id, at, is_error, _side = fact
             row = (session, NO_TURN, tool_id, None, None, at, 1 if is_error else 0)
-            _put(tools, (session, NO_TURN, tool_id), row, merge_tool_call)
+            old = tools.get(key := (session, NO_TURN, tool_id))
+            tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == PROMPT:
             _, session, uuid, at, _side = fact
             row = (session, uuid, None, at, PROVIDER, None, None, None, None, None)
-            _put(turns, (session, uuid), row, merge_turn)
+            old = turns.get(key := (session, uuid))
+            turns[key] = row if old is None else merge_turn(old, row)
     rows = Rows(
         sessions=list(sessions.values()),
         turns=list(turns.values()),
