@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import struct
 
 from roder_analyticsd.pipeline.batch import Batch, Event
 from roder_analyticsd.sources import roder as ev
@@ -35,7 +36,11 @@ def activity_id(thread_id: str | None, event_id: str, kind: str) -> int:
     16-hex-digit form (see `event_id_hex`).
     """
     raw = f"{thread_id or ''}\x00{event_id}\x00{kind}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    return _read_id(hashlib.blake2b(raw, digest_size=8).digest())[0]
+
+
+# int.from_bytes(digest, "big", signed=True), precompiled
+_read_id = struct.Struct(">q").unpack
 
 
 def event_id_hex(activity_id: int) -> str:
@@ -142,6 +147,8 @@ def attribute(batch: Batch) -> Batch:
     owners: list[tuple] = []
     same = {}.setdefault  # one str object per distinct value: smaller pickles (see project)
     keep = activity.append
+    blake2b = hashlib.blake2b
+    read_id = _read_id
     for event in batch.events:
         p = event.payload
         kind = event.kind
@@ -174,8 +181,10 @@ def attribute(batch: Batch) -> Batch:
                 row = class_row(fields[:8])
                 provider, model = fields[8], fields[9]
         classes[row[0]] = row
+        # activity_id(thread_id, event.event_id, kind), inlined
+        raw = f"{thread_id or ''}\x00{event.event_id}\x00{kind}".encode()
         keep(
-            (activity_id(thread_id, event.event_id, kind), same(thread_id, thread_id),
+            (read_id(blake2b(raw, digest_size=8).digest())[0], same(thread_id, thread_id),
              event.at_ms, row[0], same(provider, provider), same(model, model))
         )  # fmt: skip
     return dataclasses.replace(

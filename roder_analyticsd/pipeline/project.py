@@ -124,21 +124,26 @@ def project(batch: Batch) -> Batch:
         kind = event.kind
         at = event.at_ms
         if kind == "tool.call_completed":
-            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id), p.tool_id)
-            row = (*key, p.tool_name, None, at, 1 if p.is_error else 0)
-            old = tools.get(key)
+            thread_id = same(p.thread_id, p.thread_id)
+            turn_id = same(p.turn_id, p.turn_id)
+            row = (thread_id, turn_id, p.tool_id, p.tool_name, None, at, 1 if p.is_error else 0)
+            old = tools.get(key := (thread_id, turn_id, p.tool_id))
             tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == "tool.call_started":
-            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id), p.tool_id)
-            row = (*key, p.tool_name, at, None, None)
-            old = tools.get(key)
+            thread_id = same(p.thread_id, p.thread_id)
+            turn_id = same(p.turn_id, p.turn_id)
+            row = (thread_id, turn_id, p.tool_id, p.tool_name, at, None, None)
+            old = tools.get(key := (thread_id, turn_id, p.tool_id))
             tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == "inference.started":
             ref = p.model
             provider = ref.provider if ref is not None else None
             model = ref.model if ref is not None else None
-            key = (same(p.thread_id, p.thread_id), same(p.turn_id, p.turn_id))
-            _put(turns, key, (*key, None, None, provider, model, at, None, None, None), merge_turn)
+            thread_id = same(p.thread_id, p.thread_id)
+            turn_id = same(p.turn_id, p.turn_id)
+            row = (thread_id, turn_id, None, None, provider, model, at, None, None, None)
+            old = turns.get(key := (thread_id, turn_id))
+            turns[key] = row if old is None else merge_turn(old, row)
             facts = inferred.get(p.thread_id)
             if facts is None:
                 inferred[p.thread_id] = [at, at, None, None, None, None]
@@ -152,9 +157,11 @@ def project(batch: Batch) -> Batch:
             if model and _newer(facts[4], facts[5], at, model):
                 facts[4], facts[5] = at, model
         elif kind == "turn.started":
-            key = (p.thread_id, p.turn_id)
-            row = (*key, p.runtime_profile, at, None, None, None, None, None, None)
-            _put(turns, key, row, merge_turn)
+            row = (
+                p.thread_id, p.turn_id, p.runtime_profile, at, None, None, None, None, None, None
+            )  # fmt: skip
+            old = turns.get(key := (p.thread_id, p.turn_id))
+            turns[key] = row if old is None else merge_turn(old, row)
         elif kind in _TERMINAL_STATUS:
             status = _TERMINAL_STATUS[kind]
             error_kind = (p.error_kind or "unknown") if kind == "turn.failed" else None

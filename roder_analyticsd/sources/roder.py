@@ -394,10 +394,22 @@ def decode(batch: Batch) -> Batch:
     decode_envelope = _envelope.decode
     keep = events.append
     number = batch.first_line_no - 1
+    variant_of = _VARIANT_OF_KIND.get
     for line in batch.lines:
         number += 1
         try:
-            event = _event(decode_envelope(line), line)
+            env = decode_envelope(line)
+            kind = env.kind
+            variant = variant_of(kind)
+            payload = getattr(env.event, variant) if variant is not None else None
+            if payload is not None:  # _event's common case, inlined
+                at = rfc3339_to_ms(payload.timestamp)
+                if not MIN_TIME_MS <= at < MAX_TIME_MS:
+                    check_time_ms(at)
+                ingested += 1
+                keep(Event(kind, payload, at, env.event_id, env.thread_id))
+                continue
+            event = _event(env, line)
         except msgspec.DecodeError as exc:
             if line and not line.isspace():  # a blank line is no error
                 errors.append(ParseError(batch.path, number, _short(exc)))
