@@ -8,6 +8,7 @@ Batches of many lines, never one event at a time.
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -73,12 +74,21 @@ def stage_files(
     chain = stages(workspace_labels)
     staged: list[Batch] = []
     outcomes: list[FileRead] = []
-    for path in paths:
-        outcome = FileRead(name(path))
-        for batch in read_new_lines(path, path.parent, checkpoints, outcome):
-            batch.agent = agent
-            staged.append(run_stages(batch, chain))
-        outcomes.append(outcome)
+    # The cyclic collector is paused for the slice: what the stages build
+    # (tuples, lists, dicts of rows) holds no cycles, and its passes over
+    # the growing rows cost 10-20% of the slice's CPU.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for path in paths:
+            outcome = FileRead(name(path))
+            for batch in read_new_lines(path, path.parent, checkpoints, outcome):
+                batch.agent = agent
+                staged.append(run_stages(batch, chain))
+            outcomes.append(outcome)
+    finally:
+        if collecting:
+            gc.enable()
     return staged, outcomes
 
 
