@@ -418,3 +418,80 @@ def test_project_dirs_named_by_hash_unless_full_paths(tree, mode):
         tree.once()
         with sqlite3.connect(tree.store) as conn:
             assert sorted(row[0] for row in conn.execute("SELECT path FROM files")) == sorted(paths)
+
+
+# --- the one-pass decode against decode_line ------------------------------------
+
+_SAMPLE_LINES = [
+    json.loads(raw)
+    for rel in _LOGS
+    for raw in (CLAUDE / "home" / ".claude" / rel).read_bytes().splitlines()
+    if raw.strip()
+]
+_ODD_VALUES = st.sampled_from(
+    [None, "CANARYPROMPT7731", 7, -1, 2**36, 2**40, True, [], {}, [1], [{"type": 5}],
+     [{"type": "tool_use"}], [{"type": "tool_result", "tool_use_id": "t", "is_error": "x"}],
+     [{"type": "tool_result", "tool_use_id": "t"}, {"type": "text", "text": "x"}],
+     "2026-06-13T11:25:60.106Z", "2026-06-13t11:25:25.1z", "0100-01-01T00:00:00Z", "<synthetic>",
+     "progress", "summary"]
+)  # fmt: skip
+
+
+def _set_at(line: dict, path: tuple[str, ...], value: Any) -> dict:
+    node = line
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            return line
+        node = child
+    node[path[-1]] = value
+    return line
+
+
+_PATHS = [("type",), ("sessionId",), ("uuid",), ("timestamp",), ("isSidechain",), ("requestId",),
+          ("cwd",), ("message",), ("message", "content"), ("message", "model"), ("message", "id"),
+          ("message", "usage", "input_tokens"), ("message", "usage", "cache_creation"),
+          ("message", "stop_reason")]  # fmt: skip
+
+
+@st.composite
+def claude_lines(draw) -> bytes:
+    """Sample lines with a few fields replaced, as progress lines too, or cut."""
+    line = json.loads(json.dumps(draw(st.sampled_from(_SAMPLE_LINES))))
+    for _ in range(draw(st.integers(0, 3))):
+        line = _set_at(line, draw(st.sampled_from(_PATHS)), draw(_ODD_VALUES))
+    if draw(st.booleans()) and isinstance(line, dict):
+        nested = {k: v for k, v in line.items() if k != "sessionId"}
+        line = {"type": "progress", "sessionId": line.get("sessionId"), "timestamp": "x",
+                "data": {"type": "agent_progress", "agentId": "a", "message": nested}}  # fmt: skip
+    raw = json.dumps(line).encode()
+    return raw[: draw(st.integers(0, len(raw)))] if draw(st.integers(0, 9)) == 0 else raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(claude_lines(), max_size=6))
+def test_one_pass_decode_reads_every_line_as_decode_line(lines):
+    from collections import Counter
+
+    from roder_analyticsd.pipeline.batch import Batch
+
+    out: list = []
+    facts: dict = {}
+    errors: list = []
+    unknown: Counter = Counter()
+    ingested = 0
+    for number, line in enumerate(lines, 1):
+        try:
+            kind = claude_code.decode_line(line, out, facts)
+        except ValueError as exc:
+            errors.append((number, str(exc)))
+            continue
+        if kind is not None:
+            ingested += 1
+            if kind not in ("user", "assistant", "progress"):
+                unknown[kind] += 1
+    got = claude_code.decode(Batch(agent=claude_code.AGENT, path="p", lines=lines))
+    assert got.events == out
+    assert got.metadata == [claude_code._metadata(s, f) for s, f in facts.items()]
+    assert [(e.line, e.message) for e in got.errors] == errors
+    assert (got.unknown_kinds, got.lines_ingested) == (unknown, ingested)
