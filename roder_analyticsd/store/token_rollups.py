@@ -56,7 +56,12 @@ TOKEN_TURN_JOIN = (
     "LEFT JOIN turns t ON (u.provider IS NULL OR u.model IS NULL)"
     " AND t.thread_id = u.thread_id AND t.turn_id = u.turn_id"
 )
-_BAND = " + ".join(f"({PRICED_PROMPT} > {start})" for start in PROMPT_BANDS)
+# (one comparison for most rows, not one per band)
+_BAND = (
+    "CASE "
+    + " ".join(f"WHEN pp <= {start} THEN {n}" for n, start in enumerate(PROMPT_BANDS))
+    + f" ELSE {len(PROMPT_BANDS)} END"
+)
 
 _COLUMNS = """token_rollups (width_ms, bucket, agent, provider, model, band, row_count,
     prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens,
