@@ -38,6 +38,17 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def announce(url: str, what: str, as_json: bool) -> None:
+    """Where a server listens: {"listen": URL} on stdout with --json, and a
+    `<what>_listening` log line (one log format with the daemon)."""
+    import structlog
+
+    if as_json:
+        emit_json({"listen": url})
+        sys.stdout.flush()
+    structlog.get_logger().info(f"{what}_listening", listen=url)
+
+
 async def run_server(
     app: Any,
     sock: socket.socket,
@@ -46,13 +57,16 @@ async def run_server(
     as_json: bool,
     on_started: Callable[[str], None] | None = None,
     graceful_s: float | None = None,
+    config: Any = None,
+    announced: bool = True,
 ) -> None:
     """Serve `app` on `sock` until SIGINT/SIGTERM; announce the URL once it
-    accepts requests (stderr, or {"listen": URL} on stdout with --json)."""
+    accepts requests (unless not `announced`). `config`: uvicorn's settings
+    for `app`, when the defaults here do not fit (the receiver's guarded
+    protocol); `log_config` must be None in it."""
     import signal
 
     import anyio
-    import structlog
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -60,29 +74,26 @@ async def run_server(
         def capture_signals(self) -> Iterator[None]:
             yield  # signals are handled below
 
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=graceful_s,
-        log_config=None,  # uvicorn's records reach the structlog lines (logs.py)
-    )
+    if config is None:
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=graceful_s,
+            log_config=None,  # uvicorn's records reach the structlog lines (logs.py)
+        )
     server = Server(config)
     url = url_of(sock)
 
-    async def announce() -> None:
+    async def say_listening() -> None:
         while not server.started:
             if server.should_exit:
                 return
             await anyio.sleep(0.01)
-        if as_json:
-            emit_json({"listen": url})
-            sys.stdout.flush()
-        # one log format with the daemon and `serve`
-        structlog.get_logger().info(f"{what}_listening", listen=url)
+        announce(url, what, as_json)
         if on_started is not None:
             on_started(url)
 
@@ -97,7 +108,8 @@ async def run_server(
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(on_signals, signals)
-                tg.start_soon(announce)
+                if announced:
+                    tg.start_soon(say_listening)
                 try:
                     await server.serve(sockets=[sock])
                 except SystemExit:  # uvicorn gives up on a failed startup this way

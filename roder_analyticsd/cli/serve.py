@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,10 @@ from roder_analyticsd.cli.common import (
     Failure,
     UsageProblem,
     data_options,
-    emit_json,
     run_async,
     settings_for,
 )
+from roder_analyticsd.cli.httpd import announce, bind, url_of
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 
@@ -90,7 +88,7 @@ def serve(
         check_listen_allowed(host, settings.collect_token)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    sock = _bind(host, port)  # first: a busy port touches nothing
+    sock = bind(host, port)  # first: a busy port touches nothing
     try:
         _prepare_store(target)
     except BaseException:
@@ -102,7 +100,7 @@ def serve(
                 sock,
                 target,
                 settings.collect_token,
-                announce=True,
+                announced=True,
                 as_json=as_json,
                 retention_days=settings.retention_days,
                 settings=settings,
@@ -134,30 +132,6 @@ async def _prepare_store(target: str) -> None:
     await conn.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if sys.platform != "win32":  # on Windows it would let two servers share the port
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _limits_from_env() -> dict[str, float]:
     # Tests shorten the receiver's timeouts; not a user-facing setting.
     import os
@@ -176,27 +150,17 @@ async def _serve(
     target: str,
     token: str | None,
     *,
-    announce: bool,
+    announced: bool,
     as_json: bool,
     retention_days: int = 0,
     settings: Any = None,
 ) -> None:
-    import signal
-
-    import anyio
-    import uvicorn
-
+    from roder_analyticsd.cli.httpd import run_server
     from roder_analyticsd.fleet.receiver import Limits, create_app, uvicorn_config
     from roder_analyticsd.logs import configure_logging
 
     # logs to stderr (stdout carries only the --json line), privacy-guarded
     configure_logging()
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield  # signals are handled below
-
     limits = Limits(**_limits_from_env())
     app = create_app(target, token=token, limits=limits, retention_days=retention_days)
     if settings is not None:  # the dashboard at `/`, over the local store (read-only)
@@ -211,43 +175,9 @@ async def _serve(
         )
     # log_config=None: uvicorn's records reach the structlog lines configured above
     config = uvicorn_config(app, limits, log_config=None)
-    server = Server(config)
-
-    async def say_listening() -> None:
-        while not server.started:
-            if server.should_exit:
-                return
-            await anyio.sleep(0.01)
-        _announce(_url(sock), as_json)
-
-    async def on_signals(receiver: Any) -> None:
-        async for _ in receiver:
-            if server.should_exit:
-                server.force_exit = True  # a second signal: stop waiting for requests
-            server.should_exit = True
-
-    failed = False
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(on_signals, signals)
-            if announce:
-                tg.start_soon(say_listening)
-            try:
-                await server.serve(sockets=[sock])
-            except SystemExit:  # uvicorn gives up on a failed startup this way
-                failed = True
-            tg.cancel_scope.cancel()
-    if failed:  # raised out here: inside the task group it would be an ExceptionGroup
-        raise Failure("the receiver could not start (see above)")
-
-
-def _announce(url: str, as_json: bool) -> None:
-    import structlog
-
-    if as_json:
-        emit_json({"listen": url})
-        sys.stdout.flush()
-    structlog.get_logger().info("receiver_listening", listen=url)
+    await run_server(
+        app, sock, what="receiver", as_json=as_json, config=config, announced=announced
+    )
 
 
 def _supervise(
@@ -282,7 +212,7 @@ def _supervise(
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 # each worker prunes too: under the database's lock, idempotent
-                _serve(sock, target, token, announce=False, as_json=False,
+                _serve(sock, target, token, announced=False, as_json=False,
                        retention_days=settings.retention_days, settings=settings)  # fmt: skip
             except click.ClickException as exc:
                 exc.show()
@@ -307,7 +237,7 @@ def _supervise(
     signal.signal(signal.SIGTERM, stop)
     for _ in range(workers):
         spawn()
-    _announce(_url(sock), as_json)
+    announce(url_of(sock), "receiver", as_json)
     quick_deaths = 0
     try:
         while children:
