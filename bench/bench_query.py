@@ -233,17 +233,18 @@ STATS_COMMANDS = [
 _FLOOR = (
     "import sqlite3, sys\n"
     "conn = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n"
-    "rows = conn.execute('{sql}').fetchall()\n"
+    "rows = conn.execute('SQL').fetchall()\n"
     "print(len(rows))"
 )
 # the issue's floor: one GROUP BY over the table (its generated duration_ms
 # makes SQLite read every row); and a stricter one that a covering index
 # answers (the names and counts only)
-FLOOR = _FLOOR.format(
-    sql="SELECT tool_name, count(*), sum(duration_ms) FROM tool_calls GROUP BY tool_name"
+FLOOR = _FLOOR.replace(
+    "SQL", "SELECT tool_name, count(*), sum(duration_ms) FROM tool_calls GROUP BY tool_name"
 )
-INDEX_FLOOR = _FLOOR.format(
-    sql="SELECT tool_name, count(*) FROM tool_calls INDEXED BY tool_calls_stats GROUP BY tool_name"
+INDEX_FLOOR = _FLOOR.replace(
+    "SQL",
+    "SELECT tool_name, count(*) FROM tool_calls INDEXED BY tool_calls_stats GROUP BY tool_name",
 )
 
 
