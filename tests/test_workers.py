@@ -4,6 +4,7 @@ old stores migrate."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
@@ -287,15 +288,46 @@ def test_a_bulk_load_does_not_keep_checkpoints_and_nothing_is_read_twice(tmp_pat
             async with ingest.bulk_load(ingestor):
                 await ingestor.ingest(*discover(data_dir), first, progress=None)
                 held = len(ingestor.checkpoints)
+                collecting.append(gc.isenabled())
+            collecting.append(gc.isenabled())
             again = Report()
             await ingestor.ingest(*discover(data_dir), again)
             return held, len(ingestor.checkpoints), first.lines_ingested, again
         finally:
             await conn.close()
 
+    collecting: list[bool] = []
     held, loaded, lines, again = anyio.run(go)
+    # the cyclic collector pauses for the load only
+    assert collecting == [False, True]
     assert held == 0 and loaded > 0
     with sqlite3.connect(store) as conn:
         assert loaded == conn.execute("SELECT count(*) FROM files").fetchone()[0]
     assert lines > 0 and again.lines_ingested == 0
     assert again.lines_skipped_by_offset >= lines  # every line seen, none read again
+
+
+def test_a_price_worker_that_dies_leaves_the_run_whole(tmp_path, data_dir, monkeypatch):
+    """The price entries are made beside the rollups, best effort: a worker
+    killed meanwhile costs only them (queries then price without them)."""
+
+    class DeadPool(ingest.WorkerPool):
+        async def __aenter__(self) -> list[Worker]:
+            workers = await super().__aenter__()
+            for worker in workers:
+                worker.kill()
+                worker.process.wait()
+            return workers
+
+    monkeypatch.setattr(ingest, "WorkerPool", DeadPool)
+    store = tmp_path / "dead.sqlite3"
+    report = ingest_once(data_dir, store, workers=False)
+    assert report.rollup_rows_refreshed > 0
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("SELECT count(*) FROM rollup_dirty_days").fetchone() == (0,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'price_entries'").fetchone() is None
+    # with a live worker the same run keeps them
+    monkeypatch.undo()
+    ingest_once(data_dir, tmp_path / "live.sqlite3", workers=False)
+    with sqlite3.connect(tmp_path / "live.sqlite3") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'price_entries'").fetchone()

@@ -45,17 +45,34 @@ class Worker:
         )
 
     def call_blocking(self, func: Any, args: tuple) -> Any:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
+        self.send(func, *args)
+        return self.answer_blocking()
+
+    def send(self, func: Any, *args: Any) -> None:
+        """Hand the worker a request without waiting for its answer (a
+        small one: it must fit the pipe's buffer not to block)."""
+        stdin = self.process.stdin
+        assert stdin is not None
         try:
             pickle.dump((func, args), stdin, protocol=pickle.HIGHEST_PROTOCOL)
             stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise WorkerDied(str(exc)) from None
+
+    def answer_blocking(self) -> Any:
+        """The answer to the request sent last."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
             ok, value = pickle.load(stdout)
         except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
             raise WorkerDied(str(exc)) from None
         if not ok:
             raise value  # the function's own exception, raised here
         return value
+
+    async def answer(self) -> Any:
+        return await anyio.to_thread.run_sync(self.answer_blocking, abandon_on_cancel=True)
 
     async def call(self, func: Any, *args: Any) -> Any:
         # a cancelled caller abandons the thread; closing the worker ends it

@@ -209,6 +209,18 @@ async def keep_price_entries(
     name, made from price table `version`, so that queries need not load
     the table. `compute(pairs)` makes the missing ones; it is only called
     when some are missing. Returns how many were added."""
+    kept, missing = await missing_price_pairs(conn, version)
+    if not missing:
+        return 0
+    await save_price_entries(conn, version, {**kept, **await compute(missing)})
+    return len(missing)
+
+
+async def missing_price_pairs(
+    conn: aiosqlite.Connection, version: str
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The price entries kept for table `version`, and the (provider, model)
+    pairs the turns and calls name that have none yet (sorted)."""
     async with conn.execute("SELECT value FROM meta WHERE key = ?", (PRICE_ENTRIES_KEY,)) as cur:
         row = await cur.fetchone()
     entries: dict[str, Any] = {}
@@ -228,9 +240,13 @@ async def keep_price_entries(
     )
     async with conn.execute(sql) as cur:
         pairs = [(p, m) for p, m in await cur.fetchall() if f"{p}\x1f{m}" not in entries]
-    if not pairs:
-        return 0
-    entries.update(await compute(sorted(pairs)))
+    return entries, sorted(pairs)
+
+
+async def save_price_entries(
+    conn: aiosqlite.Connection, version: str, entries: dict[str, Any]
+) -> None:
+    """Store these price entries (keyed "provider\x1fmodel") of table `version`."""
     value = json.dumps({"version": version, "entries": entries}, sort_keys=True)
     async with transaction(conn):
         await conn.execute(
@@ -238,4 +254,3 @@ async def keep_price_entries(
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (PRICE_ENTRIES_KEY, value),
         )
-    return len(pairs)
