@@ -439,6 +439,11 @@ async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report)
                 worker.send(pricing.price_entries, missing)
         # the days this run touched, and any left dirty by an interrupted run
         report.rollup_rows_refreshed += await refresh_rollups(conn)
+        if workers and not conn.in_transaction:
+            # while the worker works: the WAL copied into the database now
+            # rather than by end_bulk, which then finds little left to copy
+            with suppress(sqlite3.Error):
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         made: dict[str, Any] = {}
         with suppress(WorkerDied):  # best effort: without them a query loads the table
             for worker in workers:
