@@ -60,16 +60,18 @@ def fleet_source(
     shifted: bool = False,
     since_ms: int | None = None,
     until_ms: int | None = None,
+    columns: Sequence[str] = sqlite_store.SOURCE_COLUMNS,
 ) -> str:
     """The SQL `source` for `sqlite_store.build_fleet_query`.
 
     `shifted`: instants are moved by the time-zone offset function and the
     window (on the real instants) is applied here, so the caller passes no
-    since/until to build_fleet_query.
+    since/until to build_fleet_query. `columns`: the ones the query reads
+    (SQLite computes every column a compound subquery names).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown fleet source {source!r}")
-    cols = ", ".join(sqlite_store.SOURCE_COLUMNS)
+    cols = ", ".join(columns)
     if source == "all":
         inner = (
             f"SELECT {cols} FROM {LOCAL_VIEW} UNION ALL SELECT {cols} FROM {sqlite_store.COLLECTED}"
@@ -84,7 +86,7 @@ def fleet_source(
         f"occurred_at_ms + {_OFFSET_FN}(occurred_at_ms) AS occurred_at_ms"
         if c == "occurred_at_ms"
         else c
-        for c in sqlite_store.SOURCE_COLUMNS
+        for c in columns
     )
     where = [
         f"occurred_at_ms {op} {int(bound)}"  # ints chosen by code: safe to inline
@@ -125,18 +127,22 @@ async def fleet(
     first rows of the other metrics."""
     if metric not in METRICS:
         raise ValueError(f"unknown fleet metric {metric!r}")
+    user_sessions = user_sessions and metric == "sessions"
+    columns = sqlite_store.metric_columns(metric, user_sessions=user_sessions)
     if _is_utc(tz):
-        src = fleet_source(source)
+        src = fleet_source(source, columns=columns)
         window = {"since_ms": since_ms, "until_ms": until_ms}
     else:
         await conn.create_function(_OFFSET_FN, 1, _offset_ms(tz), deterministic=True)
-        src = fleet_source(source, shifted=True, since_ms=since_ms, until_ms=until_ms)
+        src = fleet_source(
+            source, shifted=True, since_ms=since_ms, until_ms=until_ms, columns=columns
+        )
         window = {}
     rows = await sqlite_store.fleet(
         conn,
         metric,  # type: ignore[arg-type]
         source=src,
-        user_sessions=user_sessions and metric == "sessions",
+        user_sessions=user_sessions,
         **window,
     )
     if limit is not None and len(rows) > limit:

@@ -45,6 +45,23 @@ SOURCE_COLUMNS = (
     "outcome",
 )
 COLLECTED = "collected_events"
+
+
+def metric_columns(metric: str, *, user_sessions: bool = False) -> tuple[str, ...]:
+    """The SOURCE_COLUMNS one metric reads: a source built as a subquery
+    need not compute the rest (the local view's attribution joins)."""
+    columns = {
+        "dau": ("occurred_at_ms", "installation_id"),
+        "instances": ("occurred_at_ms", "instance_id"),
+        "sessions": ("occurred_at_ms", "session_id"),
+        "modules": ("occurred_at_ms", "module"),
+        "errors": ("occurred_at_ms", "event_name", "module", "loop_stage", "outcome"),
+    }[metric]
+    if metric == "sessions" and user_sessions:
+        columns += ("module", "owner_module", "execution_kind")
+    return columns
+
+
 DAY_SQL = "strftime('%Y-%m-%d', occurred_at_ms / 1000, 'unixepoch')"  # UTC day
 USER_SESSIONS_SQL = (
     "module = 'session' AND owner_module = 'session' AND execution_kind = 'user_session'"
