@@ -13,9 +13,10 @@ from zoneinfo import ZoneInfo
 import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cost_sums import START_MS, token_rows
+from test_cost_sums import MODELS, START_MS, counts, token_rows
 from test_cost_sums import _rows as token_batches
 
+from roder_analyticsd import timewindow
 from roder_analyticsd.store import queries, token_rollups
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import prune, refresh_rollups
@@ -24,6 +25,22 @@ from roder_analyticsd.store.writer import write_rows
 
 ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns", "Europe/Berlin")
 HOUR_MS = 3_600_000
+# rows packed into two days: many share a bucket, on both sides of DeepSeek's
+# off-peak hours (from 16:30 UTC) and of local midnights
+dense_rows = st.lists(
+    st.tuples(
+        st.sampled_from(range(len(MODELS))),
+        st.integers(min_value=START_MS, max_value=START_MS + 2 * DAY_MS),
+        counts,
+        counts,
+        counts,
+        counts,
+        st.integers(min_value=0, max_value=50_000),
+        st.booleans(),
+    ),  # fmt: skip
+    min_size=1,
+    max_size=60,
+)
 windows = st.tuples(
     st.none() | st.integers(min_value=START_MS, max_value=START_MS + 300 * DAY_MS),
     st.none() | st.integers(min_value=START_MS, max_value=START_MS + 300 * DAY_MS),
@@ -65,8 +82,8 @@ async def _rollup_rows(conn: Any) -> int:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    rows=token_rows,
-    later=token_rows,
+    rows=token_rows | dense_rows,
+    later=token_rows | dense_rows,
     zone=st.sampled_from(ZONES),
     window=windows,
     partial=st.booleans(),
@@ -96,6 +113,37 @@ def test_rollups_answer_as_the_raw_rows_do(
                 await conn.close()
 
     anyio.run(run)
+
+
+def test_each_model_is_read_at_its_own_width(tmp_path: Path) -> None:
+    """DeepSeek's off-peak price starts at 16:30 UTC: its rows are summed per
+    quarter hour, and priced on their own side, while a model with no such
+    cut is read per day; each answer equals the raw rows'."""
+    day = START_MS + 10 * DAY_MS
+    at = [day + h * 3_600_000 + m * 60_000 for h, m in ((16, 10), (16, 40), (17, 0), (3, 0))]
+    rows = [(1, t, 10_000, 1_000, 0, 0, 0, False) for t in at]  # deepseek-chat
+    rows += [(0, t + 1, 10_000, 1_000, 0, 0, 0, True) for t in at]  # claude-sonnet-4-5
+
+    async def run() -> tuple[list, list, dict]:
+        conn = await open_store(tmp_path / "store.sqlite3")
+        try:
+            for batch in token_batches(rows):
+                await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+            await refresh_rollups(conn)
+            f = queries.Filters(limit=10, tz=ZoneInfo("UTC"))
+            widths = queries._RollupWidths(f, [day // timewindow.SPAN_MS], [MODELS[0], MODELS[1]])
+            by_pair = dict(widths.by_pair)
+            return (
+                await _answers(conn, "UTC", (None, None)),
+                await _raw_answers(conn, "UTC", (None, None)),
+                by_pair,
+            )
+        finally:
+            await conn.close()
+
+    rolled, raw, by_pair = anyio.run(run)
+    assert by_pair == {MODELS[0]: DAY_MS, MODELS[1]: token_rollups.QUARTER_MS}
+    assert rolled == raw
 
 
 def test_answers_come_from_the_rollups_once_refreshed(tmp_path: Path) -> None:

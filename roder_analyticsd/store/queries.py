@@ -433,6 +433,7 @@ async def _costs(
     rolled = _rollup_keys(keys, f, extra_where)
     if rolled is not None and not await _one(conn, _HAS_ROLLUPS):
         rolled = None  # a store of an older schema, read before its migration
+    known = set(installed_pairs())  # pairs whose rollup width is worked out
     while True:
         grouped = keys
         spans: list[int] | None = None
@@ -442,20 +443,26 @@ async def _costs(
             spans = [v for (v,) in await _all(conn, _TOKEN_SPANS) if v is not None]
             day = timewindow.local_day_sql("u.recorded_at_ms", f.tz, spans)
             grouped = tuple(key.replace(LOCAL_DAY, day) for key in keys)
-        bucket = None if rolled is None or by_rows else _rollup_width(f, cuts, spans)
-        if bucket is None:
+        widths = None
+        if rolled is not None and not by_rows and cuts.starts <= set(PROMPT_BANDS):
+            widths = _RollupWidths(f, spans, known)
+        if widths is None or not widths.usable:
             sql = _grouped_sql(grouped, src.tables, where, cuts, exclude=bool(by_rows))
+            extra: dict[str, str] = {}
         else:
             day = "" if spans is None else timewindow.local_day_sql("r.first_at_ms", f.tz, spans)
             buckets = tuple(key.replace(LOCAL_DAY, day) for key in rolled or ())
-            sql = _rolled_sql(grouped, buckets, where, cuts, bucket, f)
-        rows = await _all(conn, sql, {**params, "by_rows": _pairs_json(by_rows)})
+            sql, extra = _rolled_sql(grouped, buckets, where, cuts, widths, f)
+        rows = await _all(conn, sql, {**params, **extra, "by_rows": _pairs_json(by_rows)})
         if any(row[i] is None for row in rows for i in day_keys):
             continue
+        found = {row[width : width + 2] for row in rows}
         more = cuts.copy()
-        for pair in {row[width : width + 2] for row in rows}:
+        for pair in found:
             more.add(price_of(*pair))
-        if more != cuts:
+        new = found - known
+        known |= found
+        if more != cuts or (widths is not None and widths.usable and widths.differ(new)):
             cuts = more
             continue
         groups, unmirrored = _fold(rows, width, key_fn)
@@ -605,14 +612,16 @@ def _rollup_window(f: Filters, width: int) -> tuple[int | None, int | None]:
     return lo, hi
 
 
-def _rollup_width(f: Filters, cuts: _Cuts, spans: list[int] | None) -> int | None:
+def _pair_width(f: Filters, price: Any, spans: list[int] | None) -> int | None:
     """The widest rollup width whose buckets each lie on one side of every
-    cut and within one local day of `f.tz` (over `spans`; None: no day key),
-    or None: the query reads raw rows."""
-    if not cuts.starts <= set(PROMPT_BANDS):
+    cut of this price (None: a model with no price) and within one local day
+    of `f.tz` (over `spans`; None: no day key), with a whole bucket inside
+    the window; None if there is none (its rows are read raw)."""
+    starts, dates, times = price.cuts() if price is not None else (set(), set(), set())
+    if not starts <= set(PROMPT_BANDS):
         return None
     for width in token_rollups.WIDTHS:
-        if any(d % width for d in cuts.dates) or any(t % (width * 1000) for t in cuts.times):
+        if any(d % width for d in dates) or any(t % (width * 1000) for t in times):
             continue
         if spans is not None and not timewindow.offsets_aligned(f.tz, spans, width):
             continue
@@ -623,15 +632,44 @@ def _rollup_width(f: Filters, cuts: _Cuts, spans: list[int] | None) -> int | Non
     return None
 
 
+class _RollupWidths:
+    """The rollup width of each (provider, model) pair: one DeepSeek model
+    with off-peak hours at :30 needs quarter hours, the others need not."""
+
+    def __init__(self, f: Filters, spans: list[int] | None, pairs: Iterable[tuple]) -> None:
+        self.f, self.spans = f, spans
+        self.default = _pair_width(f, None, spans)  # a pair not listed: no cuts of its own
+        self.by_pair = {pair: _pair_width(f, price_of(*pair), spans) for pair in pairs}
+
+    @property
+    def usable(self) -> bool:
+        return self.default is not None and None not in self.by_pair.values()
+
+    def differ(self, pairs: Iterable[tuple]) -> bool:
+        """Do any of these pairs (read at the default width) need another?"""
+        return any(
+            _pair_width(self.f, price_of(*pair), self.spans) != self.default for pair in pairs
+        )
+
+    def groups(self) -> list[tuple[int, list[tuple]]]:
+        """(width, its pairs) for every width but the default's, widest first."""
+        out: dict[int, list[tuple]] = {}
+        for pair, width in sorted(self.by_pair.items(), key=lambda kv: str(kv[0])):
+            if width != self.default and width is not None:
+                out.setdefault(width, []).append(pair)
+        return sorted(out.items(), reverse=True)
+
+
 def _rolled_sql(
-    keys: tuple[str, ...], rolled: tuple[str, ...], where: str, cuts: _Cuts, width: int,
-    f: Filters,
-) -> str:  # fmt: skip
+    keys: tuple[str, ...], rolled: tuple[str, ...], where: str, cuts: _Cuts,
+    widths: _RollupWidths, f: Filters,
+) -> tuple[str, dict[str, str]]:  # fmt: skip
     """`_grouped_sql`'s sums from the rollup rows of every day not marked
     dirty, and from raw rows for the rest: dirty days, and the window's
-    partial buckets at either end. One statement: one snapshot of both."""
+    partial buckets at either end. One statement: one snapshot of both.
+    Each pair is read at its own width (`widths`); returns the SQL and the
+    parameters it adds."""
     names = ", ".join(f"k{i}" for i in range(len(keys)))
-    lo, hi = _rollup_window(f, width)
     raw_tier = _cut_sum("pp", cuts.starts, ">")
 
     def raw(tables: str, extra: str) -> str:
@@ -647,11 +685,44 @@ def _rolled_sql(
             "1",
         )
     ]
+    params: dict[str, str] = {}
+    listed = widths.groups()
+    others = [pair for _, pairs in listed for pair in pairs]
+    for n, (width, pairs) in enumerate([(widths.default, others), *listed]):
+        assert width is not None
+        if n == 0:  # the default width: every pair but those listed
+            name = "rolled_other_pairs"
+            test = "NOT " + _PAIR_IN.format(p="{p}", m="{m}") if pairs else ""
+        else:
+            name = f"rolled_pairs_{n}"
+            test = _PAIR_IN.format(p="{p}", m="{m}")
+        test = test.replace(":by_rows", f":{name}")
+        params[name] = _pairs_json(set(pairs))
+        on_rows = f" AND {test.format(p=TOKEN_PROVIDER, m=TOKEN_MODEL)}" if test else ""
+        on_rollups = f" AND {test.format(p='r.provider', m='r.model')}" if test else ""
+        branches += _width_branches(raw, rolled, cuts, width, f, on_rows, on_rollups)
+    sql = f"""
+    SELECT {names}, p, m, tier, dated, timed, min(at), min(tp), sum(n), {_ROW_SUMS}, {_PRICED_SUMS}
+    FROM ({" UNION ALL ".join(branches)})
+    GROUP BY {names}, p, m, tier, dated, timed
+    """
+    return sql, params
+
+
+def _width_branches(
+    raw: Callable[[str, str], str], rolled: tuple[str, ...], cuts: _Cuts, width: int,
+    f: Filters, on_rows: str, on_rollups: str,
+) -> list[str]:  # fmt: skip
+    """The rows of the pairs that `on_rows` / `on_rollups` pick at this
+    width: rollup rows of its whole buckets inside the window, on days not
+    dirty, and raw rows of the window's partial buckets on those days."""
+    lo, hi = _rollup_window(f, width)
     table = f"token_usage u {TOKEN_TURN_JOIN}"
+    branches = []
     if lo is not None and lo != f.since_ms:
-        branches.append(raw(table, f"u.recorded_at_ms < {lo} AND {_NOT_DIRTY}"))
+        branches.append(raw(table, f"u.recorded_at_ms < {lo} AND {_NOT_DIRTY}{on_rows}"))
     if hi is not None and hi != f.until_ms:
-        branches.append(raw(table, f"u.recorded_at_ms >= {hi} AND {_NOT_DIRTY}"))
+        branches.append(raw(table, f"u.recorded_at_ms >= {hi} AND {_NOT_DIRTY}{on_rows}"))
     clauses = [f"r.width_ms = {width}", f"r.bucket / {DAY_MS // width} NOT IN "
                "(SELECT day FROM rollup_dirty_days)"]  # fmt: skip
     if lo is not None:
@@ -674,12 +745,8 @@ def _rolled_sql(
                r.cache_creation_prompt_tokens AS creation, r.priced_prompt AS pp,
                r.priced_completion AS po, r.priced_cached AS pr, r.priced_creation AS pw,
                r.priced_creation_1h AS ph
-        FROM token_rollups r WHERE {_join(clauses)}""")
-    return f"""
-    SELECT {names}, p, m, tier, dated, timed, min(at), min(tp), sum(n), {_ROW_SUMS}, {_PRICED_SUMS}
-    FROM ({" UNION ALL ".join(branches)})
-    GROUP BY {names}, p, m, tier, dated, timed
-    """
+        FROM token_rollups r WHERE {_join(clauses)}{on_rollups}""")
+    return branches
 
 
 async def _price_by_rows(
