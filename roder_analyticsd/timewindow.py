@@ -42,19 +42,19 @@ _fromisoformat = datetime.fromisoformat
 
 
 # The layout agents write, `YYYY-MM-DDTHH:MM:SS.fff[f{0,6}](Z|±HH:MM)`, is
-# read by lookups of its fields in small tables: the day (cached as met), the
-# clock, the second, the millisecond, the offset; digits past the millisecond
-# only need to be digits. Another layout (no fraction, a short one) is read
-# from the same tables by `_other_to_ms`, and anything those tables do not
-# hold (a leap second, lower case, ...) by `_general_to_ms`; every route
-# gives the same value for a string it reads (tests/test_timewindow.py
-# compares them).
-_DAY_MS: dict[str, int] = {}
-_DAYS_CACHED = 4096
-_CLOCK_MS = {
-    f"T{h:02d}:{m:02d}": h * _MS_PER_HOUR + m * _MS_PER_MINUTE for h in range(24) for m in range(60)
+# read by lookups of its fields in small tables: the hour (cached as met),
+# the minute and second, the millisecond, the offset; digits past the
+# millisecond only need to be digits. Another layout (no fraction, a short
+# one) is read from the same tables by `_other_to_ms`, and anything those
+# tables do not hold (a leap second, lower case, ...) by `_general_to_ms`;
+# every route gives the same value for a string it reads
+# (tests/test_timewindow.py compares them).
+_HOUR_MS: dict[str, int] = {}
+_HOURS_CACHED = 8192
+_HOUR_OF_DAY_MS = {f"T{h:02d}": h * _MS_PER_HOUR for h in range(24)}
+_CLOCK_MS = {  # :60 (a leap second) is the general route's
+    f":{m:02d}:{sec:02d}": m * _MS_PER_MINUTE + sec * 1000 for m in range(60) for sec in range(60)
 }
-_SECOND_MS = {f":{sec:02d}": sec * 1000 for sec in range(60)}  # :60 (leap): the general route
 _MILLIS = {f".{ms:03d}": ms for ms in range(1000)}
 _OFFSET_MS = {"Z": 0} | {
     f"{sign}{h:02d}:{m:02d}": (-1 if sign == "+" else 1) * (h * _MS_PER_HOUR + m * _MS_PER_MINUTE)
@@ -69,9 +69,8 @@ def rfc3339_to_ms(s: str) -> int:
 
     Raises ValueError for anything `_general_to_ms` refuses.
     """
-    day = _DAY_MS.get(s[:10])
-    clock = _CLOCK_MS.get(s[10:16])
-    second = _SECOND_MS.get(s[16:19])
+    hour = _HOUR_MS.get(s[:13])
+    clock = _CLOCK_MS.get(s[13:19])
     if s[-1:] == "Z":
         offset = 0
         frac = s[19:-1]
@@ -80,27 +79,25 @@ def rfc3339_to_ms(s: str) -> int:
         frac = s[19:-6]
     ms = _MILLIS.get(frac[:4])
     if (
-        day is not None
+        hour is not None
         and clock is not None
-        and second is not None
         and offset is not None
         and ms is not None
         and (len(frac) == 4 or (len(frac) <= 10 and frac[4:].isdigit() and frac[4:].isascii()))
     ):
-        return day + clock + second + ms + offset
+        return hour + clock + ms + offset
     return _other_to_ms(s)
 
 
 def _other_to_ms(s: str) -> int:
-    """`rfc3339_to_ms` past its day cache and millisecond table: fills the
+    """`rfc3339_to_ms` past its hour cache and millisecond table: fills the
     cache, reads a time with no fraction or a short one."""
-    day = _day_ms(s[:10])
-    clock = _CLOCK_MS.get(s[10:16])
-    second = _SECOND_MS.get(s[16:19])
+    hour = _hour_ms(s[:13])
+    clock = _CLOCK_MS.get(s[13:19])
     tz_at = len(s) - 1 if s[-1:] == "Z" else len(s) - 6
     offset = _OFFSET_MS.get(s[tz_at:])
     frac = s[19:tz_at]
-    if day is None or clock is None or second is None or offset is None or tz_at < 19:
+    if hour is None or clock is None or offset is None or tz_at < 19:
         return _general_to_ms(s)
     if not frac:
         ms = 0
@@ -112,21 +109,24 @@ def _other_to_ms(s: str) -> int:
         ms = None
     if ms is None:
         return _general_to_ms(s)
-    return day + clock + second + ms + offset
+    return hour + clock + ms + offset
 
 
-def _day_ms(text: str) -> int | None:
-    """Epoch ms of a strict `YYYY-MM-DD`'s midnight, cached; None for any other text."""
-    ms = _DAY_MS.get(text)
+def _hour_ms(text: str) -> int | None:
+    """Epoch ms of a strict `YYYY-MM-DDTHH`, cached; None for any other text."""
+    ms = _HOUR_MS.get(text)
     if ms is not None:
         return ms
+    hour = _HOUR_OF_DAY_MS.get(text[10:])
+    if hour is None:
+        return None
     try:
-        ms = _epoch_days(text) * _MS_PER_DAY
+        ms = _epoch_days(text[:10]) * _MS_PER_DAY + hour
     except ValueError:
         return None
-    if len(_DAY_MS) >= _DAYS_CACHED:
-        _DAY_MS.clear()
-    _DAY_MS[text] = ms
+    if len(_HOUR_MS) >= _HOURS_CACHED:
+        _HOUR_MS.clear()
+    _HOUR_MS[text] = ms
     return ms
 
 

@@ -186,12 +186,12 @@ def test_table_route_matches_general_route(text: str) -> None:
     assert _table_route_or_error(text) == expected
 
 
-def test_table_route_day_cache_stays_bounded() -> None:
+def test_table_route_hour_cache_stays_bounded() -> None:
     start = datetime(2026, 1, 1)
-    for n in range(timewindow._DAYS_CACHED + 10):
-        stamp = (start + timedelta(days=n, minutes=n)).strftime("%Y-%m-%dT%H:%M:%S.123Z")
+    for n in range(timewindow._HOURS_CACHED + 10):
+        stamp = (start + timedelta(hours=n, minutes=n)).strftime("%Y-%m-%dT%H:%M:%S.123Z")
         assert rfc3339_to_ms(stamp) == reference_ms(stamp)
-    assert 0 < len(timewindow._DAY_MS) <= timewindow._DAYS_CACHED
+    assert 0 < len(timewindow._HOUR_MS) <= timewindow._HOURS_CACHED
 
 
 @pytest.mark.parametrize(
