@@ -409,6 +409,11 @@ def decode(batch: Batch) -> Batch:
                 ingested += 1
                 keep(Event(kind, payload, at, env.event_id, env.thread_id))
                 continue
+            if not kind.startswith("memory."):
+                # counted by kind, projected nowhere (as _event + below)
+                ingested += 1
+                unknown[kind] += 1
+                continue
             event = _event(env, line)
         except msgspec.DecodeError as exc:
             if line and not line.isspace():  # a blank line is no error
