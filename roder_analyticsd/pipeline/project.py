@@ -152,9 +152,16 @@ def project(batch: Batch) -> Batch:
                 facts[0] = at
             elif at > facts[1]:
                 facts[1] = at
-            if provider and _newer(facts[2], facts[3], at, provider):
+            # _newer(facts[i], facts[i + 1], at, value), inlined
+            if provider and (
+                facts[2] is None
+                or at > facts[2]
+                or (at == facts[2] and provider > (facts[3] or ""))
+            ):
                 facts[2], facts[3] = at, provider
-            if model and _newer(facts[4], facts[5], at, model):
+            if model and (
+                facts[4] is None or at > facts[4] or (at == facts[4] and model > (facts[5] or ""))
+            ):
                 facts[4], facts[5] = at, model
         elif kind == "turn.started":
             row = (

@@ -512,10 +512,15 @@ def _listed(rec: ListLine, kind: str, session: str, line: bytes, keep, facts: di
         f[0] = at
     elif at > f[1]:
         f[1] = at
+    # (at, value) > (f[i], f[i + 1]) without building the tuples
     cwd = rec.cwd
-    if cwd and (f[2] is None or (at, cwd) > (f[2], f[3])):
+    if cwd and (f[2] is None or at > f[2] or (at == f[2] and cwd > f[3])):
         f[2], f[3] = at, cwd
-    if model and model != SYNTHETIC and (f[4] is None or (at, model) > (f[4], f[5])):
+    if (
+        model
+        and model != SYNTHETIC
+        and (f[4] is None or at > f[4] or (at == f[4] and model > f[5]))
+    ):
         f[4], f[5] = at, model
 
 
