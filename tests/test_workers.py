@@ -331,3 +331,37 @@ def test_a_price_worker_that_dies_leaves_the_run_whole(tmp_path, data_dir, monke
     ingest_once(data_dir, tmp_path / "live.sqlite3", workers=False)
     with sqlite3.connect(tmp_path / "live.sqlite3") as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'price_entries'").fetchone()
+
+
+def test_wal_checkpoints_copy_the_wal_beside_the_writer(tmp_path, monkeypatch):
+    """During a bulk load a thread of its own copies the WAL into the store,
+    so the writer's commits find little to copy; stopped, it is gone. A
+    store that is not there is never created by it."""
+    monkeypatch.setattr(ingest, "BULK_CHECKPOINT_EVERY_S", 0.01)
+    store = tmp_path / "wal.sqlite3"
+
+    async def write() -> None:
+        conn = await open_store(store)
+        try:
+            await conn.execute("PRAGMA wal_autocheckpoint = 0")  # only the thread copies
+            await conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [(f"k{i}", "v" * 500) for i in range(2000)],
+            )
+            before = store.stat().st_size
+            checkpoints = ingest.WalCheckpoints(store)
+            checkpoints.start()
+            deadline = time.monotonic() + 10
+            while store.stat().st_size == before and time.monotonic() < deadline:
+                await anyio.sleep(0.01)
+            checkpoints.stop()
+            assert store.stat().st_size > before  # the rows reached the store file
+            assert not checkpoints.thread.is_alive()
+        finally:
+            await conn.close()
+
+    anyio.run(write)
+    missing = ingest.WalCheckpoints(tmp_path / "missing.sqlite3")
+    missing.start()
+    missing.stop()
+    assert not (tmp_path / "missing.sqlite3").exists()

@@ -10,6 +10,7 @@ import functools
 import gc
 import os
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from roder_analyticsd.config import Settings
@@ -55,6 +57,7 @@ WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after a bulk load
 # once however often it changed, and a WAL that stays bounded; with no
 # reader in the way each checkpoint lets the WAL restart from its start.
 BULK_WAL_AUTOCHECKPOINT = 32_768
+BULK_CHECKPOINT_EVERY_S = 0.5  # see WalCheckpoints
 MAX_WORKERS = 2  # each adds ~25 MB; two keep a backfill's memory under 150 MB
 
 
@@ -538,6 +541,8 @@ async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
     # a backfill, ~10% of this process's CPU. Reference counting frees them.
     collecting = gc.isenabled()
     gc.disable()
+    checkpoints = WalCheckpoints(ingestor.settings.store)
+    checkpoints.start()
     try:
         yield
     finally:
@@ -546,7 +551,45 @@ async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
         ingestor.flush_interval, ingestor.worker_min_bytes, ingestor.file_budget = saved
         ingestor.keep_checkpoints = True
         with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(checkpoints.stop)
             await end_bulk(ingestor.conn)
+
+
+class WalCheckpoints:
+    """During a bulk load, the WAL copied into the store every
+    BULK_CHECKPOINT_EVERY_S by a connection of its own, in a thread: a
+    checkpoint's writes and syncs then run beside the writer, whose own
+    checkpoint (at BULK_WAL_AUTOCHECKPOINT, which lets the WAL start over)
+    finds little left to copy. Best effort: without it the writer's does all."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        try:  # (mode=rw: never creates a store)
+            conn = sqlite3.connect(
+                f"{self.store.absolute().as_uri()}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                timeout=0.1,
+            )
+        except sqlite3.Error:
+            return
+        try:
+            while not self.stopping.wait(BULK_CHECKPOINT_EVERY_S):
+                with suppress(sqlite3.Error):  # busy now: the next one does it
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
 
 
 @asynccontextmanager
