@@ -52,6 +52,7 @@ from roder_analyticsd.logs import configure_logging
 from roder_analyticsd.sources import claude_code
 from roder_analyticsd.sources.files import relative
 from roder_analyticsd.sources.roder import EVENTS_FILE, METADATA_FILE, discover
+from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.connection import (
     StorePathError,
     describe_sqlite_error,
@@ -298,7 +299,7 @@ class Daemon:
         self._announce(len(events), len(claude))
         # the backlog is read as `--once` reads it (worker processes for a
         # big one, stopped after); a stop request is honoured between files
-        async with bulk_load(self.ingestor):
+        async with bulk_load(self.ingestor), deferred_indexes.deferred(self.ingestor.conn):
             while not self.stopping and not await self._ingest(
                 events, metadata, claude, report, stoppable=True
             ):

@@ -30,6 +30,7 @@ from roder_analyticsd.pipeline.chain import run_pipeline, run_stages, stage_file
 from roder_analyticsd.sources import claude_code
 from roder_analyticsd.sources.files import FileError, FileRead, read_new_lines, relative
 from roder_analyticsd.sources.roder import discover, read_metadata
+from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.maintenance import (
     FINAL_BEFORE_KEY,
     missing_price_pairs,
@@ -478,8 +479,9 @@ async def run_once(
         if rebuild:
             await clear_analytics(conn)
         await ingestor.start()  # the checkpoints: none left after a clear
-        await ingestor.ingest(events, metadata, report, progress)
-        await ingest_claude_code(ingestor, claude_roots, report)
+        async with deferred_indexes.deferred(conn):
+            await ingestor.ingest(events, metadata, report, progress)
+            await ingest_claude_code(ingestor, claude_roots, report)
         await finish(conn, settings, report)
     return report
 

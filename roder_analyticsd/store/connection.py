@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.schema import SCHEMA_VERSION, StoreError, migrate
 
 if TYPE_CHECKING:  # imported where used: a `stats` run reads without them (store/blocking.py)
@@ -165,6 +166,7 @@ async def open_store(
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         await migrate(conn)
+        await deferred_indexes.build(conn)  # left pending by a backfill that was killed
         await ensure_installation_id(conn)
     except sqlite3.Error as exc:
         await conn.close()

@@ -1,0 +1,97 @@
+"""Indexes a first backfill builds once, at its end, instead of row by row.
+
+Their keys (a tool and a duration, an instant) put each new row on a
+random page of the index: once a store outgrows the page cache, every row
+costs a page read and a page written back. Into empty tables a backfill
+drops them, and building each after from the finished table is one sort.
+The message-id index stays: the Claude Code sidechain rule reads it during
+the load.
+
+The dropped indexes' definitions are kept in `meta` in the transaction
+that drops them, and removed in the one that builds them again; a store
+opened for writing with that key still there (the process was killed
+mid-load) builds them then. Queries never name an index, so one that is
+missing makes a reader slower for a while, never wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
+
+from roder_analyticsd.store.transaction import transaction
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+DEFERRED = ("tool_calls_stats", "tool_calls_at", "token_usage_at", "turns_started")
+META_KEY = "deferred_indexes"  # a JSON list of the dropped indexes' CREATE statements
+_EMPTY = """
+SELECT NOT EXISTS (SELECT 1 FROM tool_calls) AND NOT EXISTS (SELECT 1 FROM token_usage)
+   AND NOT EXISTS (SELECT 1 FROM turns)
+"""
+
+
+async def _one(conn: aiosqlite.Connection, sql: str, params: tuple = ()) -> tuple | None:
+    async with conn.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+async def drop_if_empty(conn: aiosqlite.Connection) -> bool:
+    """Drop the deferred indexes if the tables they index are empty (a
+    first backfill); True if it did."""
+    async with transaction(conn):
+        if not (await _one(conn, _EMPTY))[0] or await _one(
+            conn, "SELECT 1 FROM meta WHERE key = ?", (META_KEY,)
+        ):
+            return False
+        marks = ", ".join("?" for _ in DEFERRED)
+        async with conn.execute(
+            f"SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name IN ({marks})",
+            DEFERRED,
+        ) as cur:
+            found = dict(await cur.fetchall())
+        statements = [found[name] for name in DEFERRED if found.get(name)]
+        if not statements:
+            return False
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)", (META_KEY, json.dumps(statements))
+        )
+        for name in DEFERRED:
+            await conn.execute(f"DROP INDEX IF EXISTS {name}")  # fixed names
+    return True
+
+
+async def build(conn: aiosqlite.Connection) -> bool:
+    """Build the indexes a backfill dropped, if any are pending; True if it did."""
+    async with transaction(conn):
+        row = await _one(conn, "SELECT value FROM meta WHERE key = ?", (META_KEY,))
+        if row is None:
+            return False
+        for statement in json.loads(row[0]):
+            # IF NOT EXISTS: one built by hand in between is kept
+            await conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        await conn.execute("DELETE FROM meta WHERE key = ?", (META_KEY,))
+    return True
+
+
+@asynccontextmanager
+async def deferred(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """Around a backfill: into empty tables, the deferred indexes are dropped
+    before and built once after (also when the body fails; a kill leaves
+    them to the next open)."""
+    dropped = await drop_if_empty(conn)
+    try:
+        yield
+    except BaseException:
+        if dropped:
+            import anyio
+
+            # best effort, and never instead of the error: else the next open builds them
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await build(conn)
+        raise
+    if dropped:
+        await build(conn)

@@ -1,0 +1,95 @@
+"""A first backfill builds its random-key indexes once, at the end: the
+store ends with the same indexes, and a backfill killed with them dropped
+gets them back when the store is next opened for writing."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+from conftest import SAMPLE_DIR, run_cli
+
+from roder_analyticsd.pipeline.batch import Rows
+from roder_analyticsd.store import deferred_indexes
+from roder_analyticsd.store.connection import open_store
+from roder_analyticsd.store.writer import write_rows
+
+
+def _indexes(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+        return {name: sql for name, sql in rows if sql}
+    finally:
+        conn.close()
+
+
+def _pending(path: Path) -> bool:
+    conn = sqlite3.connect(path)
+    try:
+        key = deferred_indexes.META_KEY
+        return conn.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+def test_a_killed_first_backfill_gets_its_indexes_back_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+
+    async def drop() -> bool:
+        conn = await open_store(path)
+        try:
+            return await deferred_indexes.drop_if_empty(conn)
+        finally:
+            await conn.close()  # as if killed: nothing builds them
+
+    async def reopen() -> None:
+        conn = await open_store(path)
+        await conn.close()
+
+    anyio.run(reopen)
+    before = _indexes(path)
+    assert set(deferred_indexes.DEFERRED) <= set(before)
+    assert anyio.run(drop) is True
+    assert not set(deferred_indexes.DEFERRED) & set(_indexes(path)) and _pending(path)
+    anyio.run(reopen)
+    assert _indexes(path) == before and not _pending(path)
+
+
+def test_a_store_with_rows_keeps_its_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    rows = Rows()
+    rows.turns.append(("thr", "turn", None, 1_000, "openai", "gpt-5", 1_000, None, None, None))
+
+    async def run() -> bool:
+        conn = await open_store(path)
+        try:
+            await write_rows(conn, rows, [])
+            return await deferred_indexes.drop_if_empty(conn)
+        finally:
+            await conn.close()
+
+    assert anyio.run(run) is False
+    assert set(deferred_indexes.DEFERRED) <= set(_indexes(path)) and not _pending(path)
+
+
+def test_a_first_backfill_ends_with_every_index(tmp_path: Path) -> None:
+    """`--once` into a new store and into one that had a run before: the
+    same indexes, none left pending, the same answers."""
+    fresh, again = tmp_path / "fresh.sqlite3", tmp_path / "again.sqlite3"
+    for store in (fresh, again):
+        proc = run_cli("--once", "--best-effort", "--json", "--data-dir", SAMPLE_DIR,
+                       "--store", store, "--claude-dir", tmp_path / "none")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    proc = run_cli("--once", "--best-effort", "--json", "--data-dir", SAMPLE_DIR,
+                   "--store", again, "--claude-dir", tmp_path / "none")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _indexes(fresh) == _indexes(again)
+    assert set(deferred_indexes.DEFERRED) <= set(_indexes(fresh))
+    assert not _pending(fresh) and not _pending(again)
+    answers = [
+        run_cli("stats", "tools", "--json", "--data-dir", SAMPLE_DIR, "--store", s).stdout
+        for s in (fresh, again)
+    ]
+    assert answers[0] == answers[1]
