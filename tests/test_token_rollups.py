@@ -47,6 +47,12 @@ windows = st.tuples(
 )
 
 
+async def _write(conn: Any, rows: list[tuple]) -> None:
+    """The rows as the writer gets them: Roder turns and Claude Code calls."""
+    for batch in token_batches(rows):
+        await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+
+
 async def _answers(conn: Any, zone: str, window: tuple[int | None, int | None]) -> list:
     """Every answer built on `_costs` whose keys and filters rollups can serve."""
     tz = ZoneInfo(zone)
@@ -98,14 +104,12 @@ def test_rollups_answer_as_the_raw_rows_do(
         with tempfile.TemporaryDirectory() as tmp:
             conn = await open_store(Path(tmp) / "store.sqlite3")
             try:
-                for batch in token_batches(rows):
-                    await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+                await _write(conn, rows)
                 await refresh_rollups(conn)
                 assert await _rollup_rows(conn) > 0
                 assert await _answers(conn, zone, window) == await _raw_answers(conn, zone, window)
                 # later rows: new turns, and the same keys again with other counts
-                for batch in token_batches(later):
-                    await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+                await _write(conn, later)
                 assert await _answers(conn, zone, window) == await _raw_answers(conn, zone, window)
                 await refresh_rollups(conn, limit=1 if partial else None)
                 assert await _answers(conn, zone, window) == await _raw_answers(conn, zone, window)
@@ -127,8 +131,7 @@ def test_each_model_is_read_at_its_own_width(tmp_path: Path) -> None:
     async def run() -> tuple[list, list, dict]:
         conn = await open_store(tmp_path / "store.sqlite3")
         try:
-            for batch in token_batches(rows):
-                await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+            await _write(conn, rows)
             await refresh_rollups(conn)
             f = queries.Filters(limit=10, tz=ZoneInfo("UTC"))
             widths = queries._RollupWidths(f, [day // timewindow.SPAN_MS], [MODELS[0], MODELS[1]])
@@ -155,8 +158,7 @@ def test_answers_come_from_the_rollups_once_refreshed(tmp_path: Path) -> None:
     async def run() -> tuple[int, int, int]:
         conn = await open_store(tmp_path / "store.sqlite3")
         try:
-            for batch in token_batches(rows):
-                await write_rows(conn, batch, [], "claude-code" if batch.api_calls else "roder")
+            await _write(conn, rows)
             await refresh_rollups(conn)
             f = queries.Filters(limit=10)
             before = (await queries.token_groups(conn, f, "model"))[0]["totalTokens"]
@@ -180,8 +182,7 @@ def test_a_window_inside_one_bucket_reads_raw_rows(tmp_path: Path) -> None:
     async def run() -> list:
         conn = await open_store(tmp_path / "store.sqlite3")
         try:
-            for batch in token_batches(rows):
-                await write_rows(conn, batch, [], "claude-code")
+            await _write(conn, rows)
             await refresh_rollups(conn)
             out = []
             for since, until in ((at + 60_000, at + 5 * 60_000), (at - 1, at + 3 * HOUR_MS)):
@@ -204,8 +205,7 @@ def test_retention_prunes_rollups_with_their_rows(tmp_path: Path) -> None:
     async def run() -> tuple[list, list, int]:
         conn = await open_store(tmp_path / "store.sqlite3")
         try:
-            for batch in token_batches(rows):
-                await write_rows(conn, batch, [], "claude-code")
+            await _write(conn, rows)
             await refresh_rollups(conn)
             await prune(conn, 30, now_ms=now)
             kept = await _rollup_rows(conn)
@@ -232,8 +232,7 @@ def test_migration_marks_every_token_day_for_its_first_refresh(tmp_path: Path) -
     async def build() -> None:
         conn = await open_store(path)
         try:
-            for batch in token_batches(rows):
-                await write_rows(conn, batch, [], "claude-code")
+            await _write(conn, rows)
             await refresh_rollups(conn)
             await conn.execute("DROP TABLE token_rollups")
             await conn.execute("PRAGMA user_version = 5")
