@@ -93,3 +93,25 @@ def test_a_first_backfill_ends_with_every_index(tmp_path: Path) -> None:
         for s in (fresh, again)
     ]
     assert answers[0] == answers[1]
+
+
+def test_a_locked_store_is_loaded_with_its_indexes(tmp_path: Path) -> None:
+    """Another writer holding the lock when a load starts: no deferral, no
+    error (the daemon must not die of it); the indexes stay."""
+    path = tmp_path / "store.sqlite3"
+
+    async def run() -> None:
+        conn = await open_store(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA busy_timeout = 50")
+            other.execute("BEGIN IMMEDIATE")
+            async with deferred_indexes.deferred(conn):
+                pass
+        finally:
+            other.rollback()
+            other.close()
+            await conn.close()
+
+    anyio.run(run)
+    assert set(deferred_indexes.DEFERRED) <= set(_indexes(path)) and not _pending(path)

@@ -17,6 +17,7 @@ missing makes a reader slower for a while, never wrong.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
@@ -80,18 +81,20 @@ async def build(conn: aiosqlite.Connection) -> bool:
 @asynccontextmanager
 async def deferred(conn: aiosqlite.Connection) -> AsyncIterator[None]:
     """Around a backfill: into empty tables, the deferred indexes are dropped
-    before and built once after (also when the body fails; a kill leaves
-    them to the next open)."""
-    dropped = await drop_if_empty(conn)
+    before and built once after (also when the body fails; a kill, or a
+    store that refuses the build, leaves them to the next open)."""
+    # best effort both ways: a store that refuses the write now (locked by
+    # another writer, a full disk) is loaded with its indexes, or gets them
+    # back when next opened; the load's own writes report such errors
+    try:
+        dropped = await drop_if_empty(conn)
+    except sqlite3.Error:
+        dropped = False
     try:
         yield
-    except BaseException:
+    finally:
         if dropped:
             import anyio
 
-            # best effort, and never instead of the error: else the next open builds them
-            with anyio.CancelScope(shield=True), suppress(Exception):
+            with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
                 await build(conn)
-        raise
-    if dropped:
-        await build(conn)
