@@ -80,9 +80,12 @@ FROM (SELECT u.*, {PRICED_COLUMNS} FROM {{rows}}) u
 {TOKEN_TURN_JOIN}
 GROUP BY 2, 3, 4, 5, 6
 """
+# the rollup rows of the days picked: all listed (`:days`, a JSON array of
+# UTC day numbers, one scan), or one day through the index (`:lo`..`:hi` ms)
 _IN_DAYS = "bucket / ({DAY_MS} / width_ms) IN (SELECT value FROM json_each(:days))".replace(
     "{DAY_MS}", str(DAY_MS)
 )
+_IN_DAY = "bucket >= :lo / {w} AND bucket < :hi / {w}"  # {w}: the rows' width
 # a coarser width's rows from the next finer one's (`{width}` from `{finer}`)
 _COARSER = f"""
 INSERT INTO {_COLUMNS}
@@ -91,7 +94,7 @@ SELECT {{width}}, bucket / ({{width}} / {{finer}}), agent, provider, model, band
        sum(cached_prompt_tokens), sum(cache_creation_prompt_tokens), sum(priced_prompt),
        sum(priced_completion), sum(priced_cached), sum(priced_creation),
        sum(priced_creation_1h), min(first_at_ms), min(least_priced_prompt)
-FROM token_rollups WHERE width_ms = {{finer}} AND {_IN_DAYS}
+FROM token_rollups WHERE width_ms = {{finer}} AND {{days}}
 GROUP BY 2, 3, 4, 5, 6
 """
 # a few days: each day's rows through the time index; more: one scan of the
@@ -110,16 +113,18 @@ async def refresh_days(conn: aiosqlite.Connection, days: Iterable[int]) -> None:
     todo = sorted(set(days))
     if not todo:
         return
-    listed = {"days": json.dumps(todo)}
-    await conn.execute(f"DELETE FROM token_rollups WHERE {_IN_DAYS}", listed)
     if len(todo) >= SCAN_FROM_DAYS:
-        await conn.execute(_QUARTERS.format(rows=_MANY_DAYS), listed)
-    else:
-        for day in todo:
-            bounds = {"lo": day * DAY_MS, "hi": (day + 1) * DAY_MS}
-            await conn.execute(_QUARTERS.format(rows=_ONE_DAY), bounds)
-    for finer, width in ((QUARTER_MS, HOUR_MS), (HOUR_MS, DAY_MS)):
-        await conn.execute(_COARSER.format(width=width, finer=finer), listed)
+        steps = [({"days": json.dumps(todo)}, _MANY_DAYS, _IN_DAYS)]
+    else:  # the daemon's few days at a time: index ranges, however long the history
+        steps = [({"lo": d * DAY_MS, "hi": (d + 1) * DAY_MS}, _ONE_DAY, _IN_DAY) for d in todo]
+    for params, rows, picked in steps:
+        for width in (QUARTER_MS, HOUR_MS, DAY_MS):
+            where = f"width_ms = {width} AND {picked.format(w=width)}"
+            await conn.execute(f"DELETE FROM token_rollups WHERE {where}", params)
+        await conn.execute(_QUARTERS.format(rows=rows), params)
+        for finer, width in ((QUARTER_MS, HOUR_MS), (HOUR_MS, DAY_MS)):
+            days = picked.format(w=finer)
+            await conn.execute(_COARSER.format(width=width, finer=finer, days=days), params)
 
 
 async def drop_before(conn: aiosqlite.Connection, cutoff_ms: int) -> None:
