@@ -356,16 +356,20 @@ def _offset_at_s(tz: tzinfo, second: int) -> int:
     return (offset.days * 86_400 + offset.seconds) * 1000 + offset.microseconds // 1000
 
 
-# zones whose offset never changes (tzdata's links to Etc/UTC and Etc/GMT)
-_FIXED_KEYS = frozenset(
-    ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
-     "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/GMT0", "GMT0", "Etc/Greenwich", "Greenwich")
-)  # fmt: skip
+# tzdata's names of UTC (Etc/ links included), upper case
+_UTC_NAMES = frozenset(
+    ("UTC", "UCT", "UNIVERSAL", "ZULU", "GMT", "GMT0", "GMT+0", "GMT-0", "GREENWICH", "Z")
+)
+
+
+def is_utc(tz: tzinfo) -> bool:
+    """UTC by name: a zone at +0 today may not have been in other years."""
+    return str(getattr(tz, "key", tz)).upper().removeprefix("ETC/") in _UTC_NAMES
 
 
 def _fixed(tz: tzinfo) -> bool:
     """A zone with one offset forever: no need to scan for changes."""
-    return isinstance(tz, timezone) or getattr(tz, "key", None) in _FIXED_KEYS
+    return isinstance(tz, timezone) or is_utc(tz)
 
 
 def offset_changes(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:

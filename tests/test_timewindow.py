@@ -440,3 +440,17 @@ def test_offset_change_inside_a_utc_hour_is_resolved_exactly() -> None:
     assert day_key(switch - 1, tz) == "2026-10-20"
     assert day_key(switch, tz) == "2026-10-21"
     assert day_key(switch + 1_799_999, tz) == "2026-10-21"
+
+
+def test_utc_by_name_skips_the_offset_scan_and_nothing_else_does() -> None:
+    """UTC's names (and fixed offsets) are one offset forever; a zone at +0
+    today (London, Abidjan) is scanned: it had other offsets."""
+    from roder_analyticsd.timewindow import is_utc, offset_changes
+
+    for name in ("UTC", "Etc/UTC", "Etc/GMT", "Zulu", "Etc/Greenwich"):
+        assert is_utc(ZoneInfo(name)), name
+    assert not is_utc(ZoneInfo("Europe/London")) and not is_utc(ZoneInfo("Africa/Abidjan"))
+    assert offset_changes(ZoneInfo("UTC"), 0, 10**13) == [(0, 0)]
+    fixed = timezone(timedelta(hours=5, minutes=30))
+    assert offset_changes(fixed, 0, 10**13) == [(0, 19_800_000)]
+    assert len(offset_changes(ZoneInfo("Europe/London"), 0, 10**12)) > 1

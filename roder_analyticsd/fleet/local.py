@@ -35,6 +35,7 @@ from roder_analyticsd.fleet.model import AnalyticsEvent
 from roder_analyticsd.fleet.redact import hash24, redact_event
 from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 from roder_analyticsd.pipeline.attribute import event_id_hex
+from roder_analyticsd.timewindow import is_utc
 
 Source = Literal["local", "collected", "all"]
 SOURCES: tuple[str, ...] = ("local", "collected", "all")
@@ -44,14 +45,6 @@ LOCAL_VIEW = "local_v2_events"
 _TABLES = {"local": LOCAL_VIEW, "collected": sqlite_store.COLLECTED}
 _OFFSET_FN = "roder_tz_offset_ms"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-_UTC_NAMES = frozenset(("UTC", "UCT", "UNIVERSAL", "ZULU", "GMT", "GMT0", "GMT+0", "GMT-0", "Z"))
-
-
-def _is_utc(tz: tzinfo) -> bool:
-    # by name: a zone at +0 today may not have been in other years
-    return str(getattr(tz, "key", tz)).upper().removeprefix("ETC/") in _UTC_NAMES
 
 
 def fleet_source(
@@ -129,7 +122,7 @@ async def fleet(
         raise ValueError(f"unknown fleet metric {metric!r}")
     user_sessions = user_sessions and metric == "sessions"
     columns = sqlite_store.metric_columns(metric, user_sessions=user_sessions)
-    if _is_utc(tz):
+    if is_utc(tz):
         src = fleet_source(source, columns=columns)
         window = {"since_ms": since_ms, "until_ms": until_ms}
     else:
