@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import pytest
 from conftest import SAMPLE_DIR, run_cli
 
 from roder_analyticsd.pipeline.batch import Rows
@@ -55,6 +56,38 @@ def test_a_killed_first_backfill_gets_its_indexes_back_on_open(tmp_path: Path) -
     assert not set(deferred_indexes.DEFERRED) & set(_indexes(path)) and _pending(path)
     anyio.run(reopen)
     assert _indexes(path) == before and not _pending(path)
+
+
+@pytest.mark.parametrize("value", ["not json {", '["DROP TABLE turns"]', "42", "null"])
+def test_a_damaged_pending_value_neither_runs_nor_stops_the_open(
+    tmp_path: Path, value: str
+) -> None:
+    """The pending key holding anything at all: the store opens, every
+    deferred index comes back as the schema defines it, and no stored text
+    is run as SQL."""
+    path = tmp_path / "store.sqlite3"
+
+    async def reopen() -> None:
+        conn = await open_store(path)
+        await conn.close()
+
+    anyio.run(reopen)
+    before = _indexes(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP INDEX tool_calls_at")
+        conn.execute("DROP INDEX turns_started")
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     (deferred_indexes.META_KEY, value))  # fmt: skip
+    finally:
+        conn.close()
+    anyio.run(reopen)
+    assert _indexes(path) == before and not _pending(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM turns").fetchone() == (0,)
+    finally:
+        conn.close()
 
 
 def test_a_store_with_rows_keeps_its_indexes(tmp_path: Path) -> None:

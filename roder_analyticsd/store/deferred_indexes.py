@@ -10,29 +10,41 @@ the load.
 The dropped indexes' definitions are kept in `meta` in the transaction
 that drops them, and removed in the one that builds them again; a store
 opened for writing with that key still there (the process was killed
-mid-load) builds them then. Queries never name an index, so one that is
-missing makes a reader slower for a while, never wrong.
+mid-load) builds them then. What is built comes from our own schema, never
+from the stored text, so a damaged or foreign value can neither run SQL
+nor stop the store from opening: every deferred index that is missing is
+built. Queries never name an index, so one that is missing makes a reader
+slower for a while, never wrong.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
+from roder_analyticsd.store.schema import MIGRATIONS
 from roder_analyticsd.store.transaction import transaction
 
 if TYPE_CHECKING:
     import aiosqlite
 
 DEFERRED = ("tool_calls_stats", "tool_calls_at", "token_usage_at", "turns_started")
-META_KEY = "deferred_indexes"  # a JSON list of the dropped indexes' CREATE statements
+META_KEY = "deferred_indexes"  # a JSON list of the dropped CREATE statements (a record only)
 _EMPTY = """
 SELECT NOT EXISTS (SELECT 1 FROM tool_calls) AND NOT EXISTS (SELECT 1 FROM token_usage)
    AND NOT EXISTS (SELECT 1 FROM turns)
 """
+
+
+def definition(name: str) -> str:
+    """The CREATE INDEX statement of a deferred index, as the schema's
+    migrations last wrote it (the text SQLite keeps in sqlite_master)."""
+    found = re.findall(rf"CREATE INDEX {name} ON [^;]*", "\n".join(MIGRATIONS))
+    return found[-1].rstrip()
 
 
 async def _one(conn: aiosqlite.Connection, sql: str, params: tuple = ()) -> tuple | None:
@@ -71,9 +83,11 @@ async def build(conn: aiosqlite.Connection) -> bool:
         row = await _one(conn, "SELECT value FROM meta WHERE key = ?", (META_KEY,))
         if row is None:
             return False
-        for statement in json.loads(row[0]):
-            # IF NOT EXISTS: one built by hand in between is kept
-            await conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        for name in DEFERRED:
+            # IF NOT EXISTS: one never dropped, or built by hand in between, is kept
+            await conn.execute(
+                definition(name).replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
+            )
         await conn.execute("DELETE FROM meta WHERE key = ?", (META_KEY,))
     return True
 
