@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -414,6 +414,10 @@ def decode(batch: Batch) -> Batch:
     number = batch.first_line_no - 1
     decode_listed = _list_line.decode
     keep = out.append
+    # one str object per distinct session, model and tool name: the staged
+    # rows repeat them on every line, and pickle (a worker's rows cross to
+    # the writer pickled) writes a shared object once
+    same = {}.setdefault
     for line in batch.lines:
         number += 1
         try:
@@ -429,7 +433,7 @@ def decode(batch: Batch) -> Batch:
                 kind = rec.type
                 session = rec.session_id
                 if kind in _PROJECTED_TYPES and session is not None:
-                    _listed(rec, kind, session, line, keep, facts)
+                    _listed(rec, kind, same(session, session), line, keep, facts, same)
                 elif not kind:
                     kind = "(none)"
         except ValueError as exc:
@@ -449,7 +453,10 @@ def decode(batch: Batch) -> Batch:
     )
 
 
-def _listed(rec: ListLine, kind: str, session: str, line: bytes, keep, facts: dict) -> None:
+def _listed(
+    rec: ListLine, kind: str, session: str, line: bytes, keep, facts: dict,
+    same: Callable[[str, str], str],
+) -> None:  # fmt: skip
     """decode_line's work for a user or assistant line decoded as a ListLine
     (_call, _content and _fact inlined: this runs for most lines)."""
     stamp = rec.timestamp
@@ -463,6 +470,8 @@ def _listed(rec: ListLine, kind: str, session: str, line: bytes, keep, facts: di
     model = None
     if msg is not None:
         model = msg.model
+        if model is not None:
+            model = same(model, model)
         usage = msg.usage
         if kind == "assistant" and usage is not None and model != SYNTHETIC:
             # counts are >= 0 (TokenCount), so `or 0` is _count
@@ -497,7 +506,10 @@ def _listed(rec: ListLine, kind: str, session: str, line: bytes, keep, facts: di
                 btype = block.type
                 if btype == "tool_use":
                     if block.id is not None:
-                        keep((TOOL_USE, session, block.id, block.name, at, sidechain))
+                        name = block.name
+                        if name is not None:
+                            name = same(name, name)
+                        keep((TOOL_USE, session, block.id, name, at, sidechain))
                 elif btype == "tool_result" and block.tool_use_id is not None:
                     results += 1
                     keep((TOOL_RESULT, session, block.tool_use_id, at, bool(block.is_error),
