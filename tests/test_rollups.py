@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import anyio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.live.ingest import Ingestor, Report, run_once
@@ -281,3 +284,64 @@ def test_refreshing_a_few_days_at_a_time_ends_where_one_refresh_does(tmp_path: P
     assert [len(days) for days in seen] == [3, 2, 1, 0]
     assert min(seen[0]) not in seen[1]  # oldest first
     assert rollups(store) == recomputed(store, tmp_path) != []
+
+
+# instants on both sides of day edges, before 1970 too (the floor of a
+# negative instant over a day is not its truncation)
+_edges = st.sampled_from([D1, D2, 0, -DAY_MS, 5 * DAY_MS]).flatmap(
+    lambda edge: st.integers(min_value=edge - 3, max_value=edge + 3)
+)
+_instants = st.none() | _edges | st.integers(min_value=-3 * DAY_MS, max_value=D2 + 3 * DAY_MS)
+_names = st.sampled_from(["t1", "t2", "t3"])
+
+
+@settings(max_examples=40, deadline=None)
+# a turn's model for one token row, none for another on the same day: once
+# grouped them as one
+@example(
+    turns=[("t1", "t1", None, "openai")],
+    calls=[],
+    usage=[("t1", "t1", D2 + 1, 0, 0), ("t1", "t2", D2, 0, 1)],
+)
+@given(
+    turns=st.lists(st.tuples(_names, _names, _instants, st.sampled_from(["openai", None])),
+                   max_size=12),
+    calls=st.lists(st.tuples(_names, _names, _names, st.sampled_from(["shell", None]), _instants,
+                             _instants, st.booleans()), max_size=12),
+    usage=st.lists(st.tuples(_names, _names, _edges, st.integers(0, 1_000), st.integers(0, 99)),
+                   max_size=12),
+)  # fmt: skip
+def test_one_scan_of_many_days_equals_a_walk_per_day(turns, calls, usage) -> None:
+    """The rollups of many days at once (one scan) equal those computed one
+    day at a time through the time indexes, row for row."""
+    from roder_analyticsd.pipeline.batch import Rows
+    from roder_analyticsd.store.maintenance import _refresh_days
+    from roder_analyticsd.store.writer import write_rows
+
+    rows = Rows(
+        turns=[(t, u, None, at, p, "m" if p else None, at, None, None, None)
+               for t, u, at, p in turns],
+        tool_calls=[(t, u, c, name, start, end, int(err))
+                    for t, u, c, name, start, end, err in calls],
+        token_usage=[(t, u, at, p, c, p + c, p // 2, p // 3) for t, u, at, p, c in usage],
+    )  # fmt: skip
+
+    async def run() -> list[list[tuple]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = await open_store(Path(tmp) / "store.sqlite3")
+            try:
+                await write_rows(conn, rows, [])
+                days = sorted(await all_days(conn))
+                out = []
+                for scan in (True, False):
+                    await _refresh_days(conn, days, 1, scan=scan)
+                    async with conn.execute(
+                        f"SELECT {ROLLUP_COLUMNS} FROM daily_rollups ORDER BY 1, 2, 3"
+                    ) as cur:
+                        out.append(await cur.fetchall())
+                return out
+            finally:
+                await conn.close()
+
+    scanned, walked = anyio.run(run)
+    assert scanned == walked

@@ -18,40 +18,86 @@ from roder_analyticsd.store.transaction import transaction
 # meta key: the UTC day number before which daily rollups are final
 FINAL_BEFORE_KEY = "rollups_final_before_day"
 
-# Each day's rollup rows, recomputed from raw rows (UTC days).
-_ROLLUP_SQL = """
+# Each day's rollup rows, recomputed from raw rows (UTC days). One
+# statement serves one day (`:day`, rows found through the time indexes in
+# [:lo, :hi)) or many (`:days`, a JSON list of day numbers: one scan of each
+# table, every row placed by the floor of its instant over DAY_MS).
+_ROLLUP_TEMPLATE = """
 INSERT INTO daily_rollups (day, scope, key, turns, tool_calls, tool_errors, tool_duration_ms,
     prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens,
     cache_creation_prompt_tokens, refreshed_at_ms)
-SELECT :day, scope, key, sum(turns), sum(calls), sum(errors), sum(dur), sum(p), sum(c), sum(t),
-       sum(cp), sum(cc), :now
+WITH per_tool AS (
+    SELECT {call_day} AS d, coalesce(tool_name, '(unknown)') AS key, count(*) AS calls,
+           coalesce(sum(is_error), 0) AS errors,
+           coalesce(sum(completed_at_ms - started_at_ms), 0) AS dur
+    FROM tool_calls {scan} WHERE {call_rows} GROUP BY 1, 2
+)
+SELECT {day_out}, scope, key, sum(turns), sum(calls), sum(errors), sum(dur), sum(p), sum(c),
+       sum(t), sum(cp), sum(cc), :now
 FROM (
-    SELECT 'all' AS scope, '' AS key, count(*) AS turns, 0 AS calls, 0 AS errors, 0 AS dur,
-           0 AS p, 0 AS c, 0 AS t, 0 AS cp, 0 AS cc
-    FROM turns WHERE started_at_ms >= :lo AND started_at_ms < :hi
+    SELECT {turn_day} AS d, 'all' AS scope, '' AS key, count(*) AS turns, 0 AS calls,
+           0 AS errors, 0 AS dur, 0 AS p, 0 AS c, 0 AS t, 0 AS cp, 0 AS cc
+    FROM turns {scan} WHERE {turn_rows} GROUP BY 1
     UNION ALL
-    SELECT 'all', '', 0, count(*), coalesce(sum(is_error), 0), coalesce(sum(duration_ms), 0),
-           0, 0, 0, 0, 0
-    FROM tool_calls WHERE at_ms >= :lo AND at_ms < :hi
+    SELECT d, 'all', '', 0, sum(calls), sum(errors), sum(dur), 0, 0, 0, 0, 0
+    FROM per_tool GROUP BY d
     UNION ALL
-    SELECT 'all', '', 0, 0, 0, 0, sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
-           sum(cached_prompt_tokens), sum(cache_creation_prompt_tokens)
-    FROM token_usage WHERE recorded_at_ms >= :lo AND recorded_at_ms < :hi
+    SELECT d, 'tool', key, 0, calls, errors, dur, 0, 0, 0, 0, 0 FROM per_tool
     UNION ALL
-    SELECT 'tool', coalesce(tool_name, '(unknown)'), 0, count(*), sum(is_error),
-           coalesce(sum(duration_ms), 0), 0, 0, 0, 0, 0
-    FROM tool_calls WHERE at_ms >= :lo AND at_ms < :hi GROUP BY 2
+    SELECT {usage_day}, 'all', '', 0, 0, 0, 0, sum(prompt_tokens), sum(completion_tokens),
+           sum(total_tokens), sum(cached_prompt_tokens), sum(cache_creation_prompt_tokens)
+    FROM token_usage {scan} WHERE {usage_rows} GROUP BY 1
     UNION ALL
-    SELECT 'model', coalesce(u.provider, t.provider, '(unknown)') || '/'
-           || coalesce(u.model, t.model, '(unknown)'),
+    SELECT {u_usage_day}, 'model', coalesce({provider}, '(unknown)') || '/'
+           || coalesce({model}, '(unknown)'),
            0, 0, 0, 0, sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.total_tokens),
            sum(u.cached_prompt_tokens), sum(u.cache_creation_prompt_tokens)
-    FROM token_usage u LEFT JOIN turns t ON t.thread_id = u.thread_id AND t.turn_id = u.turn_id
-    WHERE u.recorded_at_ms >= :lo AND u.recorded_at_ms < :hi GROUP BY 2
+    FROM token_usage u {scan} {turn_join}
+    WHERE {u_usage_rows} GROUP BY 1, 3
 )
-GROUP BY scope, key
+WHERE {chosen}
+GROUP BY d, scope, key
 HAVING sum(turns) + sum(calls) + coalesce(sum(t), 0) > 0
 """
+
+
+_CALL_AT = "coalesce(started_at_ms, completed_at_ms)"  # = tool_calls.at_ms
+
+
+def _floor_day(ms: str) -> str:
+    # integer division truncates toward zero: one day less for an instant
+    # before 1970 that is not on a day's start (the writer's `ms // DAY_MS`)
+    return f"({ms} / {DAY_MS} - ({ms} < 0 AND {ms} % {DAY_MS} != 0))"
+
+
+# a token row's provider and model are its own, else its turn's (sought
+# only for a row without: Claude Code's rows have both)
+_TOKEN_ROW = {
+    "provider": token_rollups.TOKEN_PROVIDER,
+    "model": token_rollups.TOKEN_MODEL,
+    "turn_join": token_rollups.TOKEN_TURN_JOIN,
+}
+_ONE_DAY_SQL = _ROLLUP_TEMPLATE.format(
+    **_TOKEN_ROW, day_out=":day", scan="", chosen="1",
+    turn_day="0", call_day="0", usage_day="0", u_usage_day="0",
+    turn_rows="started_at_ms >= :lo AND started_at_ms < :hi",
+    call_rows="at_ms >= :lo AND at_ms < :hi",
+    usage_rows="recorded_at_ms >= :lo AND recorded_at_ms < :hi",
+    u_usage_rows="u.recorded_at_ms >= :lo AND u.recorded_at_ms < :hi",
+)  # fmt: skip
+_MANY_DAYS_SQL = _ROLLUP_TEMPLATE.format(
+    **_TOKEN_ROW,
+    day_out=f"strftime('%Y-%m-%d', d * {DAY_MS // 1000}, 'unixepoch')", scan="NOT INDEXED",
+    chosen="d IN (SELECT value FROM json_each(:days))",
+    # tool_calls.at_ms spelled out: a generated column costs more to read
+    turn_day=_floor_day("started_at_ms"), call_day=_floor_day(_CALL_AT),
+    usage_day=_floor_day("recorded_at_ms"), u_usage_day=_floor_day("u.recorded_at_ms"),
+    turn_rows="started_at_ms IS NOT NULL", call_rows=f"{_CALL_AT} IS NOT NULL", usage_rows="1",
+    u_usage_rows="1",
+)  # fmt: skip
+# From this many days on, one scan of the tables beats a walk of the time
+# indexes per day (each row found there costs a seek in its table).
+SCAN_FROM_DAYS = 8
 
 
 def day_bounds(day: str) -> tuple[int, int]:
@@ -68,12 +114,25 @@ async def dirty_days(conn: aiosqlite.Connection) -> set[str]:
         return {row[0] for row in await cur.fetchall()}
 
 
-async def _refresh_days(conn: aiosqlite.Connection, days: Iterable[str], now: int) -> int:
+async def _refresh_days(
+    conn: aiosqlite.Connection, days: Iterable[str], now: int, *, scan: bool | None = None
+) -> int:
+    """Replace these days' rollup rows; `scan` (default: for SCAN_FROM_DAYS
+    days or more) computes them all in one statement."""
+    todo = sorted(set(days))
+    if not todo:
+        return 0
+    if scan is None:
+        scan = len(todo) >= SCAN_FROM_DAYS
+    await conn.executemany("DELETE FROM daily_rollups WHERE day = ?", [(day,) for day in todo])
+    if scan:
+        numbers = json.dumps([_day_number(day) for day in todo])
+        cur = await conn.execute(_MANY_DAYS_SQL, {"days": numbers, "now": now})
+        return max(cur.rowcount, 0)
     written = 0
-    for day in sorted(set(days)):
+    for day in todo:
         lo, hi = day_bounds(day)
-        await conn.execute("DELETE FROM daily_rollups WHERE day = ?", (day,))
-        cur = await conn.execute(_ROLLUP_SQL, {"day": day, "lo": lo, "hi": hi, "now": now})
+        cur = await conn.execute(_ONE_DAY_SQL, {"day": day, "lo": lo, "hi": hi, "now": now})
         written += max(cur.rowcount, 0)
     return written
 
