@@ -21,19 +21,25 @@ from roder_analyticsd.live import ingest
 from roder_analyticsd.live.ingest import (
     Ingestor,
     Report,
+    SharedCommits,
     StrictModeError,
     WorkerError,
     finish,
     ingest_claude_code,
 )
 from roder_analyticsd.live.workers import Worker
+from roder_analyticsd.pipeline.batch import Rows
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import dirty_days
 from roder_analyticsd.store.schema import MIGRATIONS
+from roder_analyticsd.store.writer import write_rows
 
 
-def ingest_once(data_dir: Path, store: Path, *, workers: bool, strict: bool = False) -> Report:
+def ingest_once(
+    data_dir: Path, store: Path, *, workers: bool, strict: bool = False,
+    commit_rows: int | None = None,
+) -> Report:  # fmt: skip
     async def go() -> Report:
         conn = await open_store(store)
         try:
@@ -42,6 +48,7 @@ def ingest_once(data_dir: Path, store: Path, *, workers: bool, strict: bool = Fa
             ingestor = Ingestor(
                 conn, settings, strict=strict, worker_min_bytes=0 if workers else None
             )
+            ingestor.commit_rows = commit_rows
             await ingestor.start()
             report = Report()
             await ingestor.ingest(*discover(data_dir), report)
@@ -128,6 +135,59 @@ def test_strict_mode_stops_cleanly_in_workers(tmp_path, data_dir):
         ingest_once(data_dir, tmp_path / "strict.sqlite3", workers=True, strict=True)
     # one of the sample's corrupt lines, as file:line: message
     assert str(failure.value) in {f"{e.path}:{e.line}: {e.message}" for e in alone.parse_errors}
+
+
+@pytest.mark.parametrize("commit_rows", [0, 40, 10**9])
+def test_writes_sharing_a_transaction_give_the_same_store(tmp_path, data_dir, commit_rows):
+    """Groups of batches committed together (a commit per group, per few
+    groups, or one for the whole load): the same store, and in strict mode
+    the same rows before the bad line."""
+    alone = tmp_path / "alone.sqlite3"
+    ingest_once(data_dir, alone, workers=False)
+    shared = tmp_path / "shared.sqlite3"
+    ingest_once(data_dir, shared, workers=False, commit_rows=commit_rows)
+    assert dump_tables(shared) == dump_tables(alone)
+
+    strict, strict_shared = tmp_path / "strict.sqlite3", tmp_path / "strict-shared.sqlite3"
+    with pytest.raises(StrictModeError) as failure:
+        ingest_once(data_dir, strict, workers=False, strict=True)
+    with pytest.raises(StrictModeError) as shared_failure:
+        ingest_once(data_dir, strict_shared, workers=False, strict=True, commit_rows=commit_rows)
+    assert str(shared_failure.value) == str(failure.value)
+    assert dump_tables(strict_shared) == dump_tables(strict)
+
+
+def test_a_shared_transaction_commits_at_its_size_and_on_any_end(tmp_path):
+    """Nothing is visible to a reader until the shared transaction holds its
+    rows; an error that ends the writes still commits what was written
+    before it, with its checkpoints (here: none), and is the error seen."""
+    store = tmp_path / "store.sqlite3"
+
+    def visible() -> int:
+        with sqlite3.connect(store) as reader:
+            return reader.execute("SELECT count(*) FROM turns").fetchone()[0]
+
+    def turn(n: int) -> Rows:
+        rows = Rows()
+        rows.turns.append(("thr", f"turn-{n}", None, 1_000 + n, None, None, None, None, None, None))
+        return rows
+
+    async def run() -> None:
+        conn = await open_store(store)
+        try:
+            with pytest.raises(RuntimeError, match="ended"):
+                async with SharedCommits(conn, 2) as commits:
+                    for n in range(3):
+                        await commits.begin()
+                        await write_rows(conn, turn(n), [])
+                        await commits.written(1)
+                        assert visible() == (2 if n else 0)  # committed at 2 rows
+                    raise RuntimeError("ended")
+            assert visible() == 3 and not conn.in_transaction
+        finally:
+            await conn.close()
+
+    anyio.run(run)
 
 
 def test_schema_3_store_migrates_with_its_activity_and_dirty_days(tmp_path):

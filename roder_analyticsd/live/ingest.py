@@ -44,6 +44,7 @@ from roder_analyticsd.store.writer import path_from_store, write_rows
 
 WRITE_BATCH_ROWS = 30_000
 BULK_FLUSH_INTERVAL = 1.0  # seconds a group of batches may wait to fill, in a bulk load
+BULK_COMMIT_ROWS = 120_000  # rows per transaction in a bulk load (see SharedCommits)
 # A backlog at least this big is staged in worker processes, so reading and
 # decoding run beside this process's writes; below it, a worker's start-up
 # costs more than it saves.
@@ -195,6 +196,9 @@ class Ingestor:
         # next call that needs them loads them from the store
         self.keep_checkpoints = True
         self.checkpoints_stale = False
+        # None: each group of batches commits on its own; a number (a bulk
+        # load): groups share a transaction until it holds that many rows
+        self.commit_rows: int | None = None
         self.on_batch_written: list[Any] = []  # callbacks(batch_rows, checkpoints)
 
     async def start(self) -> None:
@@ -316,7 +320,7 @@ class Ingestor:
         async def consume(inbox: ObjectReceiveStream[Batch]) -> None:
             # Writes are not overlapped with the stages on purpose: both need
             # the GIL, and contending for it made the writes 2-3x slower.
-            async with inbox:
+            async with inbox, SharedCommits(self.conn, self.commit_rows) as commits:
                 while group := await self._gather(inbox):
                     failure = None
                     if self.strict:
@@ -324,7 +328,9 @@ class Ingestor:
                             if batch.errors:
                                 failure, group = batch.errors[0], group[:i]
                                 break
+                    await commits.begin()
                     await self._write(group, report)
+                    await commits.written(sum(batch.rows.count() for batch in group))
                     if failure is not None:
                         raise StrictModeError(failure)
 
@@ -376,6 +382,61 @@ class Ingestor:
             report.lines_ingested += batch.lines_ingested
             report.add_parse_errors(batch.errors)
             report.unknown_kinds.update(batch.unknown_kinds)
+
+
+class SharedCommits:
+    """Groups of batches written in one transaction until it holds `rows`
+    rows (None: no shared transaction; each write commits on its own).
+
+    Each commit writes every page it changed to the WAL, and a bulk load
+    changes the same hot pages of its tables and indexes in every group: on
+    1M Claude Code lines, a commit per ~120k rows instead of per 30k took
+    the commits from 2.3 s to 1.35 s (all the writer's SQL: 14.2 s to
+    13.1 s). Every write is a
+    savepoint inside it, with its checkpoints, so rows and checkpoints still
+    commit together or not at all; a kill loses what was not committed,
+    and it is read again. Whatever ends the writes (the last batch, a
+    strict-mode error, a failed write, a cancellation), what was written
+    before commits."""
+
+    def __init__(self, conn: aiosqlite.Connection, rows: int | None) -> None:
+        self.conn = conn
+        self.rows = rows
+        self.pending = 0
+        self.open = False  # a transaction of ours is open
+
+    async def begin(self) -> None:
+        """Before a group's writes: open the shared transaction (none inside
+        a caller's, as a rebuild's)."""
+        if self.rows is not None and not self.open and not self.conn.in_transaction:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            self.open, self.pending = True, 0
+
+    async def written(self, rows: int) -> None:
+        self.pending += rows
+        if self.open and self.pending >= (self.rows or 0):
+            await self.commit()
+
+    async def commit(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        with anyio.CancelScope(shield=True):
+            if self.conn.in_transaction:  # (a failed statement may have ended it)
+                await self.conn.commit()
+
+    async def __aenter__(self) -> SharedCommits:
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.commit()
+            return
+        try:
+            await self.commit()
+        except sqlite3.Error:
+            with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
+                await self.conn.rollback()  # the error that ended the writes is the one to see
 
 
 def _account(outcome: FileRead, report: Report) -> None:
@@ -537,6 +598,7 @@ async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
     ingestor.flush_interval = max(BULK_FLUSH_INTERVAL, ingestor.flush_interval)
     ingestor.worker_min_bytes, ingestor.file_budget = WORKER_MIN_BYTES, None
     ingestor.keep_checkpoints = False  # each file is read once; loaded again after
+    ingestor.commit_rows = BULK_COMMIT_ROWS
     await ingestor.conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_AUTOCHECKPOINT}")
     # The rows are tuples of numbers and strings: no cycles for the cyclic
     # collector to find, yet the millions of them made it run ~1000 times in
@@ -552,6 +614,7 @@ async def bulk_load(ingestor: Ingestor) -> AsyncIterator[None]:
             gc.enable()
         ingestor.flush_interval, ingestor.worker_min_bytes, ingestor.file_budget = saved
         ingestor.keep_checkpoints = True
+        ingestor.commit_rows = None
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(checkpoints.stop)
             await end_bulk(ingestor.conn)
