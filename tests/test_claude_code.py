@@ -477,12 +477,13 @@ def test_one_pass_decode_reads_every_line_as_decode_line(lines):
 
     out: list = []
     facts: dict = {}
+    prompts: dict = {}
     errors: list = []
     unknown: Counter = Counter()
     ingested = 0
     for number, line in enumerate(lines, 1):
         try:
-            kind = claude_code.decode_line(line, out, facts)
+            kind = claude_code.decode_line(line, out, facts, prompts)
         except ValueError as exc:
             errors.append((number, str(exc)))
             continue
@@ -492,6 +493,7 @@ def test_one_pass_decode_reads_every_line_as_decode_line(lines):
                 unknown[kind] += 1
     got = claude_code.decode(Batch(agent=claude_code.AGENT, path="p", lines=lines))
     assert got.events == out
+    assert got.prompts == claude_code.encode_prompts(prompts)
     assert got.metadata == [claude_code._metadata(s, f) for s, f in facts.items()]
     assert [(e.line, e.message) for e in got.errors] == errors
     assert (got.unknown_kinds, got.lines_ingested) == (unknown, ingested)

@@ -59,7 +59,7 @@ def _rows(rows: list[tuple]) -> tuple[Rows, Rows]:
         if is_call:
             claude.api_calls.append(
                 ("thr-c", turn, at, prompt, completion, total, cached, creation,
-                 min(hour, creation), provider, name, f"msg-{n}", 0)
+                 min(hour, creation), provider, name, f"msg-{n}", 0, None)
             )  # fmt: skip
         else:
             roder.turns.append(("thr-r", turn, None, at, provider, name, at, None, None, None))

@@ -75,9 +75,15 @@ def test_records_carry_agents_and_per_call_fields_never_a_body(both):
         assert got == want and set(got) == {"roder", "claude-code"}, kind
     for r in records:
         assert list(r)[:3] == ["kind", "schemaVersion", "agent"]
-        assert r["schemaVersion"] == exchange.SCHEMA_VERSION == 2
+        assert r["schemaVersion"] == exchange.SCHEMA_VERSION == 3
     usage = [r for r in records if r["kind"] == "token_usage"]
-    assert all(list(r)[-5:] == list(CALL_FIELDS) for r in usage)
+    assert all(list(r)[-6:] == [*CALL_FIELDS, "promptId"] for r in usage)
+    # a Claude Code call carries its prompt (its turn); a Roder row never does
+    calls = [r for r in records if r["kind"] in ("tool_call", "token_usage")]
+    assert all(r["promptId"] is None for r in calls if r["agent"] == "roder")
+    turns = {(r["threadId"], r["turnId"]) for r in records if r["kind"] == "turn"}
+    tied = [r for r in calls if r["agent"] == "claude-code" and r["promptId"] is not None]
+    assert tied and all((r["threadId"], r["promptId"]) in turns for r in tied)
     roder = [r for r in usage if r["agent"] == "roder"]
     assert all([r[k] for k in CALL_FIELDS] == [0, None, None, None, False] for r in roder)
     claude = [r for r in usage if r["agent"] == "claude-code"]
@@ -167,7 +173,7 @@ def test_a_version_1_file_imports_as_roder(tmp_path):
     # it exports as version 2 with the same values and the defaults for the rest
     again = [json.loads(line) for line in export(store, tmp_path).splitlines()]
     for old, new in zip(v1, again, strict=True):
-        assert new["schemaVersion"] == 2 and new["agent"] == "roder"
+        assert new["schemaVersion"] == 3 and new["agent"] == "roder"
         assert {k: new[k] for k in old if k != "schemaVersion"} == {
             k: v for k, v in old.items() if k != "schemaVersion"
         }

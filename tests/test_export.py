@@ -28,12 +28,13 @@ KEYS = {
     ],
     "tool_call": [
         "kind", "schemaVersion", "agent", "threadId", "turnId", "toolId", "toolName", "startedAtMs",
-        "completedAtMs", "isError", "status", "durationMs",
+        "completedAtMs", "isError", "status", "durationMs", "promptId",
     ],
     "token_usage": [
         "kind", "schemaVersion", "agent", "threadId", "turnId", "recordedAtMs", "promptTokens",
         "completionTokens", "totalTokens", "cachedPromptTokens", "cacheCreationPromptTokens",
         "cacheCreation1hPromptTokens", "provider", "model", "messageId", "isSidechain",
+        "promptId",
     ],
 }  # fmt: skip
 
@@ -138,7 +139,7 @@ def test_a_bad_file_writes_nothing(sample, tmp_path):
     cases = {
         "json": "{not json\n",
         "kind": '{"kind":"memory","schemaVersion":1}\n',
-        "version": lines[0].replace('"schemaVersion":2', '"schemaVersion":3'),
+        "version": lines[0].replace('"schemaVersion":3', '"schemaVersion":4'),
         "type": lines[0].replace('"threadId":"', '"threadId":7,"x":"'),
     }
     for name, bad in cases.items():

@@ -113,11 +113,12 @@ def test_clean_pass_is_not_trivially_empty(tmp_path):
 _CALL_IDS = [("s1", "m1", "r1"), ("s1", "m1", "r2"), ("s2", "m1", "r1"), ("s2", "m2", "r1"),
              ("s1", None, "u1")]  # fmt: skip
 calls = st.builds(
-    lambda ids, at, total, sidechain: (
+    lambda ids, at, total, sidechain, prompt: (
         ids[0], f"{ids[1]}:{ids[2]}" if ids[1] else f"uuid:{ids[2]}", 1_790_000_000_000 + at,
-        total, 1, total + 1, 0, 0, 0, "anthropic", "claude-x", ids[1], sidechain,
+        total, 1, total + 1, 0, 0, 0, "anthropic", "claude-x", ids[1], sidechain, prompt,
     ),
     st.sampled_from(_CALL_IDS), st.integers(0, 2), st.integers(1, 3), st.integers(0, 1),
+    st.sampled_from([None, "p1", "p2"]),
 )  # fmt: skip
 
 
@@ -129,7 +130,8 @@ async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
         sql = (
             "SELECT thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,"
             " total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,"
-            " cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain, agent"
+            " cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain,"
+            " prompt_id, agent"
             " FROM token_usage ORDER BY thread_id, turn_id"
         )
         async with conn.execute(sql) as cur:
@@ -140,7 +142,7 @@ async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
 
 def _call(session: str, request: str, sidechain: int) -> tuple:
     return (session, f"m1:{request}", 1_790_000_000_000, 1, 1, 2, 0, 0, 0, "anthropic",
-            "claude-x", "m1", sidechain)  # fmt: skip
+            "claude-x", "m1", sidechain, None)  # fmt: skip
 
 
 @settings(max_examples=100)
@@ -152,8 +154,14 @@ def test_calls_and_sidechain_copies_in_any_order_and_grouping(tmp_path_factory, 
     another key is never kept, whichever comes first, in one write or in
     several; otherwise each key keeps its best copy."""
     tmp = tmp_path_factory.mktemp("calls")
-    whole = anyio.run(_write_calls, tmp / "one.sqlite3", [sorted(row for row, _ in rows)])
+    ordered = sorted((row for row, _ in rows), key=lambda r: (r[:13], r[13] or ""))
+    whole = anyio.run(_write_calls, tmp / "one.sqlite3", [ordered])
     groups = [[row for row, group in rows if group == n] for n in range(3)]
     assert anyio.run(_write_calls, tmp / "split.sqlite3", groups) == whole
     held = {r[11] for r in whole if r[11] is not None and not r[12]}
     assert not [r for r in whole if r[12] and r[11] in held]
+    # each kept row's prompt: of its key's copies with its sidechain flag, a
+    # known prompt before none, the greatest of them
+    for stored in whole:
+        copies = [r[13] for r, _ in rows if r[:2] == stored[:2] and r[12] == stored[12]]
+        assert stored[13] == max((p for p in copies if p is not None), default=None)

@@ -135,14 +135,14 @@ class Report:
 
 
 async def load_checkpoints(conn: aiosqlite.Connection) -> dict[str, Checkpoint]:
-    sql = "SELECT dev, ino, path, offset, line_no, fp_len, fp_hash FROM files"
+    sql = "SELECT dev, ino, path, offset, line_no, fp_len, fp_hash, prompts FROM files"
     async with conn.execute(sql) as cur:
         rows = await cur.fetchall()
     out: dict[str, Checkpoint] = {}
-    for dev, ino, path, offset, line_no, fp_len, fp_hash in rows:
+    for dev, ino, path, offset, line_no, fp_len, fp_hash, prompts in rows:
         identity = FileIdentity(dev, ino)
         out[identity.key] = Checkpoint(
-            identity, path_from_store(path), offset, line_no, fp_len, fp_hash
+            identity, path_from_store(path), offset, line_no, fp_len, fp_hash, prompts
         )
     return out
 

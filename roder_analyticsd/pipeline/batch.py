@@ -34,6 +34,9 @@ class Checkpoint:
     line_no: int  # complete lines consumed so far
     fp_len: int  # bytes covered by the fingerprint
     fp_hash: str  # hash of the file's first fp_len bytes
+    # the decoder's state at `offset`, opaque here (Claude Code: each
+    # session's current prompt, sources/claude_code.py); None for Roder's
+    prompts: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,11 @@ class Batch:
     lines: list[bytes] = field(default_factory=list)
     metadata_files: list[tuple[str, bytes]] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    # the decoder's state before lines[0]: the checkpoint's, for a read's
+    # first chunk; a later chunk of the same read `continues` from the state
+    # its predecessor ended in (pipeline/chain.py carries it)
+    prompts: str | None = None
+    continues: bool = False
     # from decode
     events: list[Event] = field(default_factory=list)
     metadata: list[ThreadMetadata] = field(default_factory=list)

@@ -41,13 +41,37 @@ def _by_agent(roder: Stage, claude: Stage) -> Stage:
     return stage
 
 
-_decode = _by_agent(decode, claude_code.decode)
 _attribute = _by_agent(attribute, claude_stages.attribute)
 _project = _by_agent(project, claude_stages.project)
 
 
+def _decode_in_file_order() -> Stage:
+    """The decode stage, carrying the decoder's state from each chunk of a
+    file to the next (a read's chunks come in file order, and this stage
+    sees them one by one in that order). The decode itself stays pure:
+    state in with the batch, out with its checkpoints."""
+    ends: dict[str, str | None] = {}  # file key -> the state its last chunk ended in
+
+    def stage(batch: Batch) -> Batch:
+        if batch.agent != claude_code.AGENT:
+            return decode(batch)
+        if batch.continues and batch.checkpoints:
+            batch.prompts = ends.get(batch.checkpoints[0].identity.key)
+        batch = claude_code.decode(batch)
+        for cp in batch.checkpoints:
+            ends[cp.identity.key] = cp.prompts
+        return batch
+
+    stage.__name__ = decode.__name__
+    return stage
+
+
 def stages(workspace_labels: WorkspaceLabels) -> list[Stage]:
-    return [_decode, functools.partial(redact, mode=workspace_labels), _attribute, _project]
+    """A fresh chain for one pass over some files (its decode keeps state)."""
+    return [
+        _decode_in_file_order(), functools.partial(redact, mode=workspace_labels), _attribute,
+        _project,
+    ]  # fmt: skip
 
 
 def run_stages(batch: Batch, chain: Sequence[Stage]) -> Batch:

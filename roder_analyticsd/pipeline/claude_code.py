@@ -10,7 +10,12 @@ The same stages as Roder's (redact → attribute → project) over what
 - the session is the line's own `sessionId` (a resumed session's replays
   stay with the session they came from); sidechain lines are subagents;
 - a tool call is its `tool_use` (start) and `tool_result` (completion);
-- a prompt is a turn, keyed by its line's uuid.
+- a prompt is a turn, keyed by its line's uuid, its model its latest API
+  call's; the calls until the next prompt belong to it: tool calls and API
+  calls keep their own keys (a replay may start mid-turn: a key by turn
+  could count a call twice) and carry the prompt's uuid in `prompt_id`
+  (None: not known), merged as every other fact: a known prompt beats
+  none, and of two the greater is kept.
 
 Every merge is a max over a total order, so rows converge whatever order
 the lines arrive in, however often they are replayed.
@@ -27,8 +32,8 @@ from roder_analyticsd.pipeline.batch import Batch, Rows
 from roder_analyticsd.pipeline.project import _put, merge_session, merge_tool_call, merge_turn
 from roder_analyticsd.sources.claude_code import CALL, PROMPT, PROVIDER, TOOL_RESULT, TOOL_USE
 
-# Claude Code's tool calls are not tied to a turn (a tool_result line does
-# not say which prompt it answers): they share this turn id.
+# Claude Code's tool calls are keyed by session and tool id alone (the turn
+# id of every one of them is this); their prompt is `prompt_id`.
 NO_TURN = ""
 
 
@@ -74,7 +79,7 @@ def attribute(batch: Batch) -> Batch:
             session, ident, at = fact[1], fact[2], fact[3]
             row, provider, model = _CALL_ROWS[fact[11]], PROVIDER, fact[4]
         elif kind == TOOL_RESULT:
-            _, session, ident, at, is_error, side = fact
+            _, session, ident, at, is_error, side, _prompt = fact
             row, provider, model = _TOOL_ROWS[bool(is_error), side], None, None
         elif kind == PROMPT:
             _, session, ident, at, side = fact
@@ -94,15 +99,40 @@ def attribute(batch: Batch) -> Batch:
 
 # api_calls: (thread_id, turn_id = call key, recorded_at_ms, prompt, completion, total,
 #             cached, cache_creation, cache_creation_1h, provider, model, message_id,
-#             is_sidechain)
+#             is_sidechain, prompt_id)
 def call_rank(row: tuple) -> tuple:
     """The total order of a call's copies: a non-sidechain copy first, then the
     largest total (the final state of a stream), then the latest."""
     return (-row[12], row[5], row[2], row[4], row[10] or "")
 
 
+def merge_prompt(a: str | None, b: str | None) -> str | None:
+    """A row's prompt: a known one beats None; of two, the greater (copies
+    normally agree; this only makes the merge a max over a total order).
+    store/writer.py's upserts are its SQL twin."""
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+def prompt_rank(row: tuple) -> tuple:
+    """Which copy of a call gives its prompt: merge_prompt's order, after a
+    non-sidechain copy first (as in call_rank: the store drops a sidechain
+    copy of a message a non-sidechain row holds, so the prompt it had must
+    not depend on whether it was merged before being dropped)."""
+    return (-row[12], row[13] is not None, row[13] or "")
+
+
 def merge_call(a: tuple, b: tuple) -> tuple:
-    return b if call_rank(b) > call_rank(a) else a
+    best = b if call_rank(b) > call_rank(a) else a
+    prompt = (b if prompt_rank(b) > prompt_rank(a) else a)[13]
+    return best if best[13] == prompt else (*best[:13], prompt)
+
+
+# tool_calls: (thread_id, turn_id = NO_TURN, tool_id, tool_name, started_at_ms,
+#              completed_at_ms, is_error, prompt_id)
+def merge_tool(a: tuple, b: tuple) -> tuple:
+    return (*merge_tool_call(a, b), merge_prompt(a[7], b[7]))
 
 
 def project(batch: Batch) -> Batch:
@@ -123,23 +153,29 @@ def project(batch: Batch) -> Batch:
         kind = fact[0]
         if kind == CALL:
             (_, session, key, at, model, prompt, completion, cached, creation, creation_1h,
-             message_id, sidechain, _final) = fact  # fmt: skip
+             message_id, sidechain, _final, prompt_id) = fact  # fmt: skip
             row = (
                 session, key, at, prompt, completion, prompt + completion, cached, creation,
-                creation_1h, PROVIDER, model, message_id, 1 if sidechain else 0,
+                creation_1h, PROVIDER, model, message_id, 1 if sidechain else 0, prompt_id,
             )  # fmt: skip
             old = calls.get(key := (session, key))
-            calls[key] = row if old is None or call_rank(row) > call_rank(old) else old
+            calls[key] = row if old is None else merge_call(old, row)
+            if prompt_id is not None and model is not None:
+                # the prompt's turn: its model is its latest call's (as a Roder
+                # turn's is its last inference's)
+                row = (session, prompt_id, None, None, PROVIDER, model, at, None, None, None)
+                old = turns.get(key := (session, prompt_id))
+                turns[key] = row if old is None else merge_turn(old, row)
         elif kind == TOOL_USE:
-            _, session, tool_id, name, at, _side = fact
-            row = (session, NO_TURN, tool_id, name, at, None, None)
+            _, session, tool_id, name, at, _side, prompt_id = fact
+            row = (session, NO_TURN, tool_id, name, at, None, None, prompt_id)
             old = tools.get(key := (session, NO_TURN, tool_id))
-            tools[key] = row if old is None else merge_tool_call(old, row)
+            tools[key] = row if old is None else merge_tool(old, row)
         elif kind == TOOL_RESULT:
-            _, session, tool_id, at, is_error, _side = fact
-            row = (session, NO_TURN, tool_id, None, None, at, 1 if is_error else 0)
+            _, session, tool_id, at, is_error, _side, prompt_id = fact
+            row = (session, NO_TURN, tool_id, None, None, at, 1 if is_error else 0, prompt_id)
             old = tools.get(key := (session, NO_TURN, tool_id))
-            tools[key] = row if old is None else merge_tool_call(old, row)
+            tools[key] = row if old is None else merge_tool(old, row)
         elif kind == PROMPT:
             _, session, uuid, at, _side = fact
             row = (session, uuid, None, at, PROVIDER, None, None, None, None, None)

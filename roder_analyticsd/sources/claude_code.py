@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -260,13 +261,55 @@ _blocks = msgspec.json.Decoder(list[Block])
 _progress = msgspec.json.Decoder(ProgressData)
 
 # What decode hands on, one tuple per fact (positional for speed; the
-# field names are below and in pipeline/claude_code.py):
+# field names are below and in pipeline/claude_code.py). `prompt_id` is the
+# uuid of the prompt the fact belongs to (see `Prompts`), None if unknown.
 PROMPT = "prompt"  # (PROMPT, session, uuid, at_ms, sidechain)
 CALL = "call"
 # (CALL, session, call_key, at_ms, model, prompt, completion, cached, creation,
-#  creation_1h, message_id, sidechain, final)
-TOOL_USE = "tool_use"  # (TOOL_USE, session, tool_id, name, at_ms, sidechain)
-TOOL_RESULT = "tool_result"  # (TOOL_RESULT, session, tool_id, at_ms, is_error, sidechain)
+#  creation_1h, message_id, sidechain, final, prompt_id)
+TOOL_USE = "tool_use"  # (TOOL_USE, session, tool_id, name, at_ms, sidechain, prompt_id)
+# (TOOL_RESULT, session, tool_id, at_ms, is_error, sidechain, prompt_id)
+TOOL_RESULT = "tool_result"
+
+# --- the current prompt ---------------------------------------------------------
+#
+# A turn is a prompt and the calls until the next one (claude-code.md). In
+# file order, the calls of a stream (a session's main chain, or its
+# sidechain) belong to that stream's last prompt line read: `Prompts` maps
+# (session, sidechain) to it. A resumed session's file replays another
+# session's lines under their own sessionId, so each stream keeps its own.
+# Lines nested in progress lines are a subagent's, interleaved with the
+# parent's: they move no prompt and belong to none here (the subagent's own
+# file ties them). The state at a checkpoint is stored with it (`encode`),
+# so a file read in steps, or resumed after a restart, ties every call as
+# one read of the whole file does.
+Prompts = dict[tuple[str, bool], str]
+MAX_PROMPT_STREAMS = 64  # a file holds a few sessions; past this the oldest is forgotten
+
+
+def enter_prompt(prompts: Prompts, stream: tuple[str, bool], uuid: str) -> None:
+    """`uuid` is now the stream's prompt (and the most recent stream)."""
+    prompts.pop(stream, None)
+    prompts[stream] = uuid
+    if len(prompts) > MAX_PROMPT_STREAMS:
+        del prompts[next(iter(prompts))]  # deterministic in file order: the least recent
+
+
+def encode_prompts(prompts: Prompts) -> str | None:
+    """The state as a checkpoint stores it (None: no prompt yet)."""
+    if not prompts:
+        return None
+    return json.dumps([[s, side, u] for (s, side), u in prompts.items()], separators=(",", ":"))
+
+
+def decode_prompts(text: str | None) -> Prompts:
+    if not text:
+        return {}
+    try:
+        return {(str(s), bool(side)): str(u) for s, side, u in json.loads(text)}
+    except (ValueError, TypeError):
+        return {}  # unreadable: the calls until the next prompt go untied
+
 
 _PROJECTED_TYPES = frozenset({"user", "assistant", "progress"})
 _MAX_MESSAGE = 200
@@ -284,7 +327,7 @@ def _count(value: int | None) -> int:
 
 def _call(
     out: list, session: str, msg: Message, request_id: str | None, uuid: str | None,
-    at: int, sidechain: bool, line: bytes,
+    at: int, sidechain: bool, line: bytes, prompt_id: str | None,
 ) -> None:  # fmt: skip
     usage = msg.usage
     if usage is None or msg.model == SYNTHETIC:
@@ -311,39 +354,51 @@ def _call(
         key = "line:" + hashlib.blake2b(line, digest_size=16).hexdigest()
     out.append((
         CALL, session, key, at, msg.model, prompt, completion, cached, creation, creation_1h,
-        msg.id, sidechain, msg.stop_reason is not None,
+        msg.id, sidechain, msg.stop_reason is not None, prompt_id,
     ))  # fmt: skip
 
 
 def _content(
     out: list, session: str, kind: str | None, msg: Message, uuid: str | None, at: int,
-    sidechain: bool,
+    sidechain: bool, prompts: Prompts | None,
 ) -> None:  # fmt: skip
+    """`prompts`: the file's current prompts (None: a nested line, which
+    belongs to no prompt and moves none)."""
     raw = msg.content
     head = bytes(memoryview(raw)[:1])
     if head == b'"':  # a prompt typed as a string: never decoded
         if kind == "user" and uuid is not None:
             out.append((PROMPT, session, uuid, at, sidechain))
+            if prompts is not None:
+                enter_prompt(prompts, (session, sidechain), uuid)
         return
     if head != b"[":
         return
     blocks = _blocks.decode(raw)
+    prompt_id = None if prompts is None else prompts.get((session, sidechain))
     results = 0
     for block in blocks:
         if block.type == "tool_use" and block.id is not None:
-            out.append((TOOL_USE, session, block.id, block.name, at, sidechain))
+            out.append((TOOL_USE, session, block.id, block.name, at, sidechain, prompt_id))
         elif block.type == "tool_result" and block.tool_use_id is not None:
             results += 1
             out.append((TOOL_RESULT, session, block.tool_use_id, at, bool(block.is_error),
-                        sidechain))  # fmt: skip
+                        sidechain, prompt_id))  # fmt: skip
     if kind == "user" and uuid is not None and results < len(blocks):
         out.append((PROMPT, session, uuid, at, sidechain))
+        if prompts is not None:
+            enter_prompt(prompts, (session, sidechain), uuid)
 
 
-def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
+def decode_line(
+    line: bytes, out: list, facts: dict[str, list], prompts: Prompts | None = None
+) -> str | None:
     """Decode one complete line into `out`; its session's workspace/model/
-    time facts into `facts`. Returns the line's type (None for a blank
+    time facts into `facts`; `prompts` is the file's current prompts before
+    the line, updated past it. Returns the line's type (None for a blank
     line). Raises ValueError for a line that is not a usable JSON object."""
+    if prompts is None:
+        prompts = {}
     if not line or line.isspace():
         return None
     try:
@@ -368,8 +423,8 @@ def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
             at = check_time_ms(rfc3339_to_ms(nested.timestamp))
             msg = nested.message
             # a subagent's message, counted once by its ids wherever it appears
-            _call(out, session, msg, nested.request_id, nested.uuid, at, True, line)
-            _content(out, session, nested.type, msg, nested.uuid, at, True)
+            _call(out, session, msg, nested.request_id, nested.uuid, at, True, line, None)
+            _content(out, session, nested.type, msg, nested.uuid, at, True, None)
             _fact(facts, session, None, msg.model, at)
             return kind
         if rec.timestamp is None:
@@ -378,8 +433,9 @@ def decode_line(line: bytes, out: list, facts: dict[str, list]) -> str | None:
         msg = rec.message
         if msg is not None:
             if kind == "assistant":
-                _call(out, session, msg, rec.request_id, rec.uuid, at, sidechain, line)
-            _content(out, session, kind, msg, rec.uuid, at, sidechain)
+                prompt_id = prompts.get((session, sidechain))
+                _call(out, session, msg, rec.request_id, rec.uuid, at, sidechain, line, prompt_id)
+            _content(out, session, kind, msg, rec.uuid, at, sidechain, prompts)
         _fact(facts, session, rec.cwd, msg.model if msg is not None else None, at)
     except msgspec.DecodeError as exc:
         raise ValueError(_short(exc)) from None
@@ -408,6 +464,7 @@ def decode(batch: Batch) -> Batch:
     # decode_line, which reads it exactly as before.
     out: list = []
     facts: dict[str, list] = {}
+    prompts = decode_prompts(batch.prompts)
     errors: list[ParseError] = []
     unknown: Counter[str] = Counter()
     ingested = 0
@@ -426,14 +483,14 @@ def decode(batch: Batch) -> Batch:
             rec = None
         try:
             if rec is None or rec.type == "progress":
-                kind = decode_line(line, out, facts)
+                kind = decode_line(line, out, facts, prompts)
                 if kind is None:
                     continue
             else:
                 kind = rec.type
                 session = rec.session_id
                 if kind in _PROJECTED_TYPES and session is not None:
-                    _listed(rec, kind, same(session, session), line, keep, facts, same)
+                    _listed(rec, kind, same(session, session), line, keep, facts, same, prompts)
                 elif not kind:
                     kind = "(none)"
         except ValueError as exc:
@@ -442,9 +499,13 @@ def decode(batch: Batch) -> Batch:
         ingested += 1
         if kind not in _PROJECTED_TYPES:
             unknown[kind] += 1
+    # every checkpoint of the batch is past its last line: the state it ends in
+    state = encode_prompts(prompts)
     return dataclasses.replace(
         batch,
         lines=[],  # raw bytes (bodies included) are not kept past the decoder
+        checkpoints=[dataclasses.replace(cp, prompts=state) for cp in batch.checkpoints],
+        prompts=state,
         events=out,
         metadata=[_metadata(session, f) for session, f in facts.items()],
         errors=batch.errors + errors,
@@ -455,7 +516,7 @@ def decode(batch: Batch) -> Batch:
 
 def _listed(
     rec: ListLine, kind: str, session: str, line: bytes, keep, facts: dict,
-    same: Callable[[str, str], str],
+    same: Callable[[str, str], str], prompts: Prompts,
 ) -> None:  # fmt: skip
     """decode_line's work for a user or assistant line decoded as a ListLine
     (_call, _content and _fact inlined: this runs for most lines)."""
@@ -469,6 +530,7 @@ def _listed(
     msg = rec.message
     model = None
     if msg is not None:
+        prompt_id = prompts.get((session, sidechain)) if prompts else None
         model = msg.model
         if model is not None:
             model = same(model, model)
@@ -497,7 +559,7 @@ def _listed(
                     key = "line:" + hashlib.blake2b(line, digest_size=16).hexdigest()
                 keep((
                     CALL, session, key, at, model, prompt, completion, cached, creation,
-                    creation_1h, message_id, sidechain, msg.stop_reason is not None,
+                    creation_1h, message_id, sidechain, msg.stop_reason is not None, prompt_id,
                 ))  # fmt: skip
         blocks = msg.content
         if blocks:
@@ -509,13 +571,14 @@ def _listed(
                         name = block.name
                         if name is not None:
                             name = same(name, name)
-                        keep((TOOL_USE, session, block.id, name, at, sidechain))
+                        keep((TOOL_USE, session, block.id, name, at, sidechain, prompt_id))
                 elif btype == "tool_result" and block.tool_use_id is not None:
                     results += 1
                     keep((TOOL_RESULT, session, block.tool_use_id, at, bool(block.is_error),
-                          sidechain))  # fmt: skip
+                          sidechain, prompt_id))  # fmt: skip
             if kind == "user" and rec.uuid is not None and results < len(blocks):
                 keep((PROMPT, session, rec.uuid, at, sidechain))
+                enter_prompt(prompts, (session, sidechain), rec.uuid)
     # _fact: [first_at, last_at, cwd_at, cwd, model_at, model]
     f = facts.get(session)
     if f is None:

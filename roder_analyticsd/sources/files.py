@@ -131,14 +131,14 @@ def read_new_lines(
         outcome.identity = identity
         prefix = handle.read(FINGERPRINT_BYTES)
         known = checkpoints.get(identity.key)
-        offset, line_no = 0, 0
+        offset, line_no, prompts = 0, 0, None
         if (
             known is not None
             and known.fp_len <= len(prefix)
             and fingerprint(prefix[: known.fp_len]) == known.fp_hash
             and known.offset <= st.st_size
         ):
-            offset, line_no = known.offset, known.line_no
+            offset, line_no, prompts = known.offset, known.line_no, known.prompts
         outcome.skipped_lines = line_no
         fp_len, fp_hash = len(prefix), fingerprint(prefix)
         if known is not None and offset == st.st_size and known.path == rel:
@@ -159,12 +159,14 @@ def read_new_lines(
             max_bytes,
             outcome,
             inside_runaway,
+            prompts,
         )
         # a renamed (archived) file with nothing new still records its new path
         if known is not None and known.path != rel and offset == st.st_size:
             yield Batch(
                 path=rel,
-                checkpoints=[Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)],
+                checkpoints=[Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash, prompts)],
+                prompts=prompts,
             )
     except OSError as exc:
         outcome.error = FileError(rel, describe(exc))
@@ -175,26 +177,31 @@ def read_new_lines(
 def _chunks(
     handle, rel: str, identity: FileIdentity, offset: int, line_no: int,
     fp_len: int, fp_hash: str, chunk_lines: int, max_bytes: int | None, outcome: FileRead,
-    skipping: bool,
+    skipping: bool, prompts: str | None,
 ) -> Iterator[Batch]:  # fmt: skip
     """Cut the file into Batches of complete lines; bytes.split does the work.
-    `skipping`: inside a line longer than MAX_LINE_BYTES (dropped to its newline)."""
+    `skipping`: inside a line longer than MAX_LINE_BYTES (dropped to its newline).
+    `prompts`: the decoder's state at `offset`, for the first Batch; the
+    others continue from their predecessor's (known only once it is decoded)."""
     chunk_bytes = CHUNK_BYTES if max_bytes is None else max(1, min(CHUNK_BYTES, max_bytes))
     budget = max_bytes
     carry = b""
     pending: list[bytes] = []
     pending_bytes = 0
     oversize: list[ParseError] = []
+    continues = False
 
     def emit() -> Batch:
-        nonlocal offset, line_no, pending, pending_bytes, oversize
+        nonlocal offset, line_no, pending, pending_bytes, oversize, continues
         first = line_no + 1
         offset += pending_bytes + len(pending)  # every pending line had its "\n"
         line_no += len(pending)
+        # (the decoder sets the checkpoint's state: the state its lines end in)
         cp = Checkpoint(identity, rel, offset, line_no, fp_len, fp_hash)
-        batch = Batch(path=rel, first_line_no=first, lines=pending, checkpoints=[cp])
+        batch = Batch(path=rel, first_line_no=first, lines=pending, checkpoints=[cp],
+                      prompts=None if continues else prompts, continues=continues)  # fmt: skip
         batch.errors = oversize
-        pending, pending_bytes, oversize = [], 0, []
+        pending, pending_bytes, oversize, continues = [], 0, [], True
         return batch
 
     def too_long() -> ParseError:

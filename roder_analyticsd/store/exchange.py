@@ -13,6 +13,14 @@ A `token_usage` record also carries a Claude Code API call's own fields
 `isSidechain`; zero, null and false on Roder's rows, whose model is their
 turn's): they decide its cost and which copy of a call is kept.
 
+Schema version 3 added `promptId` to Claude Code's `tool_call` and
+`token_usage` records: the turn (prompt) the call belongs to (null when
+not known, and on Roder's rows, whose `turnId` is their turn). Bumped for
+the reason version 2 was: a version-2 reader would drop it without a word,
+and `--tool` / `--provider` / `--model` answers of the imported store
+would differ from the original's. Version 1 and 2 records still import
+(their calls untied, as their store had them).
+
 Schema version 2 added `agent` and those per-call fields. The version was
 bumped rather than the fields made optional in version 1 because a reader of
 version 1 ignores fields it does not know: it would import a Claude Code
@@ -47,8 +55,8 @@ from roder_analyticsd.bounds import TimeMs, TokenCount
 from roder_analyticsd.pipeline.batch import Rows
 from roder_analyticsd.store.schema import AGENTS
 
-SCHEMA_VERSION = 2
-READS = (1, 2)  # the schema versions import accepts
+SCHEMA_VERSION = 3
+READS = (1, 2, 3)  # the schema versions import accepts
 CHUNK = 2000  # rows per fetch on export, records per transaction on import
 
 Agent = Literal["roder", "claude-code"]
@@ -96,6 +104,7 @@ class ToolCallRecord(_Record, tag="tool_call", kw_only=True):
     is_error: bool = False
     status: str | None = None  # derived
     duration_ms: int | None = None  # derived
+    prompt_id: str | None = None  # a Claude Code call's turn (version 3)
 
 
 class TokenUsageRecord(_Record, tag="token_usage", kw_only=True):
@@ -116,6 +125,7 @@ class TokenUsageRecord(_Record, tag="token_usage", kw_only=True):
     model: str | None = None
     message_id: str | None = None
     is_sidechain: bool = False
+    prompt_id: str | None = None  # a Claude Code call's turn (version 3)
 
 
 Record = SessionRecord | TurnRecord | ToolCallRecord | TokenUsageRecord
@@ -156,23 +166,25 @@ _EXPORTS: tuple[tuple[str, Callable[..., Record]], ...] = (
     ),
     (
         """SELECT agent, thread_id, turn_id, tool_id, tool_name, started_at_ms, completed_at_ms,
-                  is_error, status, duration_ms
+                  is_error, status, duration_ms, prompt_id
            FROM tool_calls ORDER BY thread_id, turn_id, tool_id""",
-        lambda a, t, u, i, n, s, c, e, st, d: ToolCallRecord(
+        lambda a, t, u, i, n, s, c, e, st, d, pr: ToolCallRecord(
             schema_version=_V, agent=a, thread_id=t, turn_id=u, tool_id=i, tool_name=n,
             started_at_ms=s, completed_at_ms=c, is_error=bool(e), status=st, duration_ms=d,
+            prompt_id=pr,
         ),
     ),
     (
         """SELECT agent, thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
                   total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,
-                  cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain
+                  cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain,
+                  prompt_id
            FROM token_usage ORDER BY thread_id, turn_id""",
-        lambda a, t, u, r, p, c, tot, ca, cc, cc1, pv, m, mid, side: TokenUsageRecord(
+        lambda a, t, u, r, p, c, tot, ca, cc, cc1, pv, m, mid, side, pr: TokenUsageRecord(
             schema_version=_V, agent=a, thread_id=t, turn_id=u, recorded_at_ms=r,
             prompt_tokens=p, completion_tokens=c, total_tokens=tot, cached_prompt_tokens=ca,
             cache_creation_prompt_tokens=cc, cache_creation_1h_prompt_tokens=cc1, provider=pv,
-            model=m, message_id=mid, is_sidechain=bool(side),
+            model=m, message_id=mid, is_sidechain=bool(side), prompt_id=pr,
         ),
     ),
 )  # fmt: skip
@@ -221,6 +233,10 @@ def read_records(path: Path) -> Iterator[Record]:
                 )
             if isinstance(record, TokenUsageRecord) and (problem := _call_problem(record)):
                 raise ExchangeError(f"{path}:{line_no}: {problem}")
+            if isinstance(record, ToolCallRecord | TokenUsageRecord) and (
+                problem := _prompt_problem(record)
+            ):
+                raise ExchangeError(f"{path}:{line_no}: {problem}")
             yield record
 
 
@@ -233,6 +249,16 @@ def _call_problem(r: TokenUsageRecord) -> str | None:
     ):  # fmt: skip
         # Roder's usage rows take their turn's model; these would be dropped
         return "a roder token_usage record has Claude Code's per-call fields"
+    return None
+
+
+def _prompt_problem(r: ToolCallRecord | TokenUsageRecord) -> str | None:
+    if r.prompt_id is None:
+        return None
+    if r.agent == "roder":  # a Roder row's turn is its turnId
+        return f"a roder {r.__struct_config__.tag} record has a promptId"
+    if r.schema_version < 3:
+        return f"promptId is a schemaVersion 3 field (this record is version {r.schema_version})"
     return None
 
 
@@ -261,10 +287,10 @@ def _add(rows: Rows, record: Record) -> None:
              terminal, record.error_kind)
         )  # fmt: skip
     elif isinstance(record, ToolCallRecord):
-        rows.tool_calls.append(
-            (record.thread_id, record.turn_id, record.tool_id, record.tool_name,
-             record.started_at_ms, record.completed_at_ms, int(record.is_error))
-        )  # fmt: skip
+        row = (record.thread_id, record.turn_id, record.tool_id, record.tool_name,
+               record.started_at_ms, record.completed_at_ms, int(record.is_error))  # fmt: skip
+        # (Claude Code's tool-call upsert takes the prompt too: writer._statements)
+        rows.tool_calls.append(row if record.agent == "roder" else (*row, record.prompt_id))
     elif record.agent == "roder":
         rows.token_usage.append(
             (record.thread_id, record.turn_id, record.recorded_at_ms, record.prompt_tokens,
@@ -276,7 +302,8 @@ def _add(rows: Rows, record: Record) -> None:
             (record.thread_id, record.turn_id, record.recorded_at_ms, record.prompt_tokens,
              record.completion_tokens, record.total_tokens, record.cached_prompt_tokens,
              record.cache_creation_prompt_tokens, record.cache_creation_1h_prompt_tokens,
-             record.provider, record.model, record.message_id, int(record.is_sidechain))
+             record.provider, record.model, record.message_id, int(record.is_sidechain),
+             record.prompt_id)
         )  # fmt: skip
 
 

@@ -143,11 +143,17 @@ def _join(clauses: list[str]) -> str:
 _WORKSPACE = "(s.workspace_label = :workspace OR s.workspace_key = :workspace)"
 
 
-def _has_tool(alias: str) -> str:
-    """The row's turn made at least one call of :tool (a primary-key range)."""
+def _has_tool(alias: str, prompt: str) -> str:
+    """The row's turn made at least one call of :tool: a Roder turn's calls
+    are a primary-key range; a Claude Code row's turn is its prompt
+    (`prompt`: the turn id of a turn row, the call's prompt_id on a token
+    row), whose calls the index tool_calls_prompt finds."""
     return (
-        f"EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
-        f" AND x.turn_id = {alias}.turn_id AND x.tool_name = :tool)"
+        f"CASE {alias}.agent WHEN 'claude-code'"
+        f" THEN EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
+        f" AND x.prompt_id = {prompt} AND x.tool_name = :tool)"
+        f" ELSE EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
+        f" AND x.turn_id = {alias}.turn_id AND x.tool_name = :tool) END"
     )
 
 
@@ -181,9 +187,15 @@ def tool_source(f: Filters, *, narrow: bool = False) -> Source:
             for c, v in (("t.provider = :provider", f.provider), ("t.model = :model", f.model))
             if v is not None
         ]
+        # A Claude Code call's turn is its prompt's (its turn_id is NO_TURN):
+        # found by the calls of those prompts, so the clause names only
+        # primary-key columns and the covering index stays usable.
         clauses.append(
-            "(c.thread_id, c.turn_id) IN (SELECT t.thread_id, t.turn_id FROM turns t"
-            f" WHERE {_join(turn)})"
+            "((c.thread_id, c.turn_id) IN (SELECT t.thread_id, t.turn_id FROM turns t"
+            f" WHERE {_join(turn)}) OR (c.turn_id = '' AND (c.thread_id, c.tool_id) IN"
+            " (SELECT p.thread_id, p.tool_id FROM turns t JOIN tool_calls p"
+            " ON p.thread_id = t.thread_id AND p.prompt_id = t.turn_id"
+            f" WHERE t.agent = 'claude-code' AND {_join(turn)})))"
         )
     if f.workspace is not None:
         clauses.append(f"c.thread_id IN (SELECT s.thread_id FROM sessions s WHERE {_WORKSPACE})")
@@ -214,7 +226,7 @@ def token_source(f: Filters, *, sessions: bool = True) -> Source:
     if f.thread is not None:
         clauses.append("u.thread_id = :thread")
     if f.tool is not None:
-        clauses.append(_has_tool("u"))
+        clauses.append(_has_tool("u", "u.prompt_id"))
     if f.provider is not None:
         clauses.append(f"{TOKEN_PROVIDER} = :provider")
     if f.model is not None:
@@ -235,7 +247,7 @@ def turn_source(f: Filters) -> Source:
     if f.thread is not None:
         clauses.append("t.thread_id = :thread")
     if f.tool is not None:
-        clauses.append(_has_tool("t"))
+        clauses.append(_has_tool("t", "t.turn_id"))
     if f.provider is not None:
         clauses.append("t.provider = :provider")
     if f.model is not None:

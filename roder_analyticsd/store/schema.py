@@ -194,6 +194,22 @@ MIGRATION_6 = """
         SELECT DISTINCT recorded_at_ms / 86400000 FROM token_usage;
 """
 
+# 7: a Claude Code call's prompt (claude-code.md, "Turns"). Tool calls and API
+# calls keep their keys (a replay may start mid-turn: a key by turn could
+# count a call twice); `prompt_id` is the turn id of the prompt they belong
+# to (NULL: not known, and on every Roder row, whose turn_id is its turn).
+# A file's checkpoint keeps its sessions' current prompts (`files.prompts`,
+# JSON; NULL for Roder's), so a read in steps or after a restart ties
+# calls as one whole read does. The index serves `--tool` on turns and
+# token rows: a prompt's calls of a tool.
+MIGRATION_7 = """
+    ALTER TABLE tool_calls ADD COLUMN prompt_id TEXT;
+    ALTER TABLE token_usage ADD COLUMN prompt_id TEXT;
+    ALTER TABLE files ADD COLUMN prompts TEXT;
+    CREATE INDEX tool_calls_prompt ON tool_calls (thread_id, prompt_id, tool_name)
+        WHERE prompt_id IS NOT NULL;
+"""
+
 AGENTS = ("roder", "claude-code")
 
 
@@ -379,6 +395,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_6,
+    MIGRATION_7,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

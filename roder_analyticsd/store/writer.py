@@ -107,6 +107,17 @@ WHERE excluded.recorded_at_ms > recorded_at_ms
    OR (excluded.recorded_at_ms = recorded_at_ms AND excluded.total_tokens > total_tokens)
 """
 
+# A Claude Code tool call: Roder's upsert, and its prompt (pipeline/claude_code.py
+# merge_prompt: a known prompt beats NULL, of two the greater; `max` is NULL
+# when either is)
+_PROMPT_MERGE = "COALESCE(max(excluded.prompt_id, prompt_id), excluded.prompt_id, prompt_id)"
+UPSERT_PROMPTED_TOOL_CALL = (
+    UPSERT_TOOL_CALL.replace("is_error)\nVALUES", "is_error, prompt_id)\nVALUES", 1)
+    .replace("COALESCE(?, 0))", "COALESCE(?, 0), ?)", 1)
+    .rstrip()
+    + f",\n    prompt_id = {_PROMPT_MERGE}\n"
+)
+
 INSERT_ACTIVITY = """
 INSERT OR IGNORE INTO activity (event_id, thread_id, occurred_at_ms, class_id, provider, model)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -127,12 +138,13 @@ WHERE excluded.owner_kind = 'subagent'  -- a subagent thread stays a subagent
 """
 
 UPSERT_FILE = """
-INSERT INTO files (file_key, dev, ino, path, offset, line_no, fp_len, fp_hash, updated_at_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO files (file_key, dev, ino, path, offset, line_no, fp_len, fp_hash, updated_at_ms,
+                   prompts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (file_key) DO UPDATE SET
     path = excluded.path, offset = excluded.offset, line_no = excluded.line_no,
     fp_len = excluded.fp_len, fp_hash = excluded.fp_hash, updated_at_ms = excluded.updated_at_ms,
-    dev = excluded.dev, ino = excluded.ino
+    dev = excluded.dev, ino = excluded.ino, prompts = excluded.prompts
 """
 
 
@@ -181,23 +193,33 @@ _CALL_COLUMNS = """
 INSERT INTO token_usage (thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
                          total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,
                          cache_creation_1h_prompt_tokens, provider, model, message_id,
-                         is_sidechain, agent)"""
-_CALL_VALUES = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'claude-code'"
-_CALL_CONFLICT = """
-ON CONFLICT (thread_id, turn_id) DO UPDATE SET
-    recorded_at_ms = excluded.recorded_at_ms,
-    prompt_tokens = excluded.prompt_tokens,
-    completion_tokens = excluded.completion_tokens,
-    total_tokens = excluded.total_tokens,
-    cached_prompt_tokens = excluded.cached_prompt_tokens,
-    cache_creation_prompt_tokens = excluded.cache_creation_prompt_tokens,
-    cache_creation_1h_prompt_tokens = excluded.cache_creation_1h_prompt_tokens,
-    provider = excluded.provider,
-    model = excluded.model,
-    message_id = excluded.message_id,
-    is_sidechain = excluded.is_sidechain
-WHERE {excluded} > {stored}
-""".format(excluded=_CALL_RANK.format(p="excluded."), stored=_CALL_RANK.format(p=""))
+                         is_sidechain, prompt_id, agent)"""
+_CALL_VALUES = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'claude-code'"
+# The best copy's columns (call_rank) and, on their own, the prompt (merge_prompt).
+# SQLite evaluates every SET expression against the stored row before any
+# is assigned, so `{better}` sees the old counts in each CASE.
+_CALL_SET = (
+    "recorded_at_ms", "prompt_tokens", "completion_tokens", "total_tokens",
+    "cached_prompt_tokens", "cache_creation_prompt_tokens", "cache_creation_1h_prompt_tokens",
+    "provider", "model", "message_id", "is_sidechain",
+)  # fmt: skip
+_CALL_BETTER = "({excluded} > {stored})".format(
+    excluded=_CALL_RANK.format(p="excluded."), stored=_CALL_RANK.format(p="")
+)
+# pipeline/claude_code.py prompt_rank
+_PROMPT_RANK = "(-{p}is_sidechain, {p}prompt_id IS NOT NULL, COALESCE({p}prompt_id, ''))"
+_PROMPT_BETTER = "({excluded} > {stored})".format(
+    excluded=_PROMPT_RANK.format(p="excluded."), stored=_PROMPT_RANK.format(p="")
+)
+_CALL_CONFLICT = (
+    "\nON CONFLICT (thread_id, turn_id) DO UPDATE SET\n"
+    + "".join(
+        f"    {c} = CASE WHEN {_CALL_BETTER} THEN excluded.{c} ELSE {c} END,\n" for c in _CALL_SET
+    )
+    + f"    prompt_id = CASE WHEN {_PROMPT_BETTER} THEN excluded.prompt_id ELSE prompt_id END\n"
+    # (a copy that is no better may still know the prompt)
+    + f"WHERE {_CALL_BETTER} OR {_PROMPT_BETTER}\n"
+)
 UPSERT_API_CALL = f"{_CALL_COLUMNS}\nVALUES ({_CALL_VALUES}){_CALL_CONFLICT}"
 UPSERT_SIDECHAIN_CALL = f"""{_CALL_COLUMNS}
 SELECT {_CALL_VALUES}
@@ -247,7 +269,7 @@ def _checkpoint_rows(checkpoints: Iterable[Checkpoint], now_ms: int) -> list[tup
         latest[cp.identity.key] = cp  # later chunks of a file supersede earlier ones
     return [
         (key, cp.identity.dev, cp.identity.ino, path_for_store(cp.path), cp.offset, cp.line_no,
-         cp.fp_len, cp.fp_hash, now_ms)
+         cp.fp_len, cp.fp_hash, now_ms, cp.prompts)
         for key, cp in latest.items()
     ]  # fmt: skip
 
@@ -295,8 +317,10 @@ _STATEMENTS: dict[str, tuple[str, str, str]] = {}
 def _statements(agent: str) -> tuple[str, str, str]:
     if agent == "roder":
         found = (UPSERT_SESSION, UPSERT_TURN, UPSERT_TOOL_CALL)
-    else:
-        found = tuple(tagged(sql, agent) for sql in (UPSERT_SESSION, UPSERT_TURN, UPSERT_TOOL_CALL))
+    else:  # Claude Code's: its tool calls carry their prompt
+        found = tuple(
+            tagged(sql, agent) for sql in (UPSERT_SESSION, UPSERT_TURN, UPSERT_PROMPTED_TOOL_CALL)
+        )
     _STATEMENTS[agent] = found
     return found
 
