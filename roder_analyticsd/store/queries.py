@@ -152,8 +152,10 @@ def _has_tool(alias: str, prompt: str) -> str:
         f"CASE {alias}.agent WHEN 'claude-code'"
         f" THEN EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
         f" AND x.prompt_id = {prompt} AND x.tool_name = :tool)"
+        # (`+`: a turn's few calls through the primary key, never every call
+        # of the tool through tool_calls_stats, for each turn)
         f" ELSE EXISTS (SELECT 1 FROM tool_calls x WHERE x.thread_id = {alias}.thread_id"
-        f" AND x.turn_id = {alias}.turn_id AND x.tool_name = :tool) END"
+        f" AND x.turn_id = {alias}.turn_id AND +x.tool_name = :tool) END"
     )
 
 
