@@ -315,7 +315,18 @@ def _numbers(store: Path) -> dict[str, Any]:
         finally:
             await conn.close()
 
-    return anyio.run(read)
+    import sqlite3
+
+    with sqlite3.connect(store) as conn:  # each call's prompt (its turn)
+        ties = {
+            "tool_calls": conn.execute(
+                "SELECT thread_id, tool_id, prompt_id FROM tool_calls ORDER BY 1, 2"
+            ).fetchall(),
+            "token_usage": conn.execute(
+                "SELECT thread_id, turn_id, prompt_id FROM token_usage ORDER BY 1, 2"
+            ).fetchall(),
+        }
+    return anyio.run(read) | ties
 
 
 def _backfill(data: Path, store: Path, root: Path) -> None:
@@ -349,7 +360,8 @@ _LOGS = sorted(p.relative_to(CLAUDE / "home" / ".claude")
 @given(
     replays=st.lists(
         st.tuples(st.sampled_from(_LOGS), st.integers(1, 3), st.lists(st.integers(1, 20000),
-                                                                       max_size=4)),
+                                                                       max_size=4),
+                  st.integers(0, 12)),
         min_size=1, max_size=3,
     ),
 )  # fmt: skip
@@ -359,12 +371,13 @@ def test_replays_in_any_chunking_change_nothing(tmp_path_factory, baseline, repl
     store = tmp / "s.sqlite3"
     data = tmp / "r"
     _backfill(data, store, root)
-    for number, (rel, times, cuts) in enumerate(replays):
+    for number, (rel, times, cuts, skip) in enumerate(replays):
         body = (root / rel).read_bytes()
-        # a replay: the file's lines again, appended to a new log in pieces
-        # cut anywhere (mid-line too), with a backfill after every piece
+        # a replay: the file's lines again (from any line: mid-turn too),
+        # appended to a new log in pieces cut anywhere (mid-line too), with a
+        # backfill after every piece (each resumes at the checkpoint)
         target = root / rel.parent / f"replay-{number}.jsonl"
-        whole = body * times
+        whole = b"".join(body.splitlines(keepends=True)[skip:]) + body * (times - 1)
         offsets = sorted({min(c, len(whole)) for c in cuts}) + [len(whole)]
         start = 0
         for end in offsets:
