@@ -347,7 +347,7 @@ def test_a_version_6_store_migrates_with_its_rows_untied(tmp_path: Path) -> None
     summary = anyio.run(reopen)
     assert summary["toolCallCount"] == 1 and summary["totalTokens"] == 0  # no prompt: no turn
     with sqlite3.connect(store) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 7
         assert conn.execute("SELECT prompt_id FROM tool_calls").fetchall() == [(None,)]
         assert conn.execute("SELECT prompt_id FROM token_usage").fetchall() == [(None,)]
         assert conn.execute("SELECT prompts FROM files").fetchall() == [(None,)]

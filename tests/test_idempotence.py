@@ -165,3 +165,20 @@ def test_calls_and_sidechain_copies_in_any_order_and_grouping(tmp_path_factory, 
     for stored in whole:
         copies = [r[13] for r, _ in rows if r[:2] == stored[:2] and r[12] == stored[12]]
         assert stored[13] == max((p for p in copies if p is not None), default=None)
+
+
+def test_the_sidechain_lookup_probes_the_sidechain_rows_alone(tmp_path):
+    """The lookup every non-sidechain call makes (its message id's stored
+    sidechain copies) reads the small index of sidechain rows, not the
+    message-id index of every call."""
+    from roder_analyticsd.store.writer import _SIDECHAIN_ROWS
+
+    async def plan() -> str:
+        conn = await open_store(tmp_path / "store.sqlite3")
+        try:
+            async with conn.execute(f"EXPLAIN QUERY PLAN {_SIDECHAIN_ROWS}", ("[]",)) as cur:
+                return " ".join(str(row[-1]) for row in await cur.fetchall())
+        finally:
+            await conn.close()
+
+    assert "token_usage_sidechain" in anyio.run(plan)

@@ -210,6 +210,15 @@ MIGRATION_7 = """
         WHERE prompt_id IS NOT NULL;
 """
 
+# 8: the sidechain rule's lookup from a non-sidechain call (its message id's
+# stored sidechain copies, store/writer.py) probes an index of the sidechain
+# rows alone: a few percent of the calls, always in cache, where the
+# message-id index of every call cost a page read per probe (1M lines:
+# 1.4 s of lookups became 0.3 s).
+MIGRATION_8 = """
+    CREATE INDEX token_usage_sidechain ON token_usage (message_id) WHERE is_sidechain = 1;
+"""
+
 AGENTS = ("roder", "claude-code")
 
 
@@ -396,6 +405,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_5,
     MIGRATION_6,
     MIGRATION_7,
+    MIGRATION_8,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
