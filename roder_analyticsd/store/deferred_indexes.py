@@ -32,7 +32,13 @@ from roder_analyticsd.store.transaction import transaction
 if TYPE_CHECKING:
     import aiosqlite
 
-DEFERRED = ("tool_calls_stats", "tool_calls_at", "token_usage_at", "turns_started")
+DEFERRED = (
+    "tool_calls_stats",
+    "tool_calls_at",
+    "token_usage_at",
+    "turns_started",
+    "tool_calls_prompt",
+)
 META_KEY = "deferred_indexes"  # a JSON list of the dropped CREATE statements (a record only)
 _EMPTY = """
 SELECT NOT EXISTS (SELECT 1 FROM tool_calls) AND NOT EXISTS (SELECT 1 FROM token_usage)
