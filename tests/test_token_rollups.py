@@ -235,8 +235,8 @@ def test_migration_marks_every_token_day_for_its_first_refresh(tmp_path: Path) -
             await _write(conn, rows)
             await refresh_rollups(conn)
             await conn.execute("DROP TABLE token_rollups")
-            # and what migration 7 added, so the store is a version-5 one
-            for statement in ("DROP INDEX tool_calls_prompt",
+            # and what migrations 7 and 8 added, so the store is a version-5 one
+            for statement in ("DROP INDEX tool_calls_prompt", "DROP INDEX token_usage_sidechain",
                               "ALTER TABLE tool_calls DROP COLUMN prompt_id",
                               "ALTER TABLE token_usage DROP COLUMN prompt_id",
                               "ALTER TABLE files DROP COLUMN prompts"):  # fmt: skip
