@@ -91,6 +91,21 @@ def copy_sample(dest: Path) -> Path:
     return dest
 
 
+def prompt_ties(store: Path) -> dict[str, list]:
+    """Each Claude Code call's prompt (its turn), and each turn's model."""
+    with sqlite3.connect(store) as conn:
+        return {
+            "tool_calls": conn.execute(
+                "SELECT thread_id, tool_id, prompt_id FROM tool_calls ORDER BY 1, 2"
+            ).fetchall(),
+            "token_usage": conn.execute(
+                "SELECT thread_id, turn_id, prompt_id FROM token_usage ORDER BY 1, 2"
+            ).fetchall(),
+            "turns": conn.execute("SELECT thread_id, turn_id, model FROM turns ORDER BY 1, 2")
+            .fetchall(),
+        }  # fmt: skip
+
+
 def dump_tables(store: Path) -> dict[str, list[tuple]]:
     """Every analytics table's rows, in a stable order (volatile columns left out)."""
     conn = sqlite3.connect(store)

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import REPO, SAMPLES, copy_sample, dump_tables
+from conftest import REPO, SAMPLES, copy_sample, dump_tables, prompt_ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -315,18 +315,7 @@ def _numbers(store: Path) -> dict[str, Any]:
         finally:
             await conn.close()
 
-    import sqlite3
-
-    with sqlite3.connect(store) as conn:  # each call's prompt (its turn)
-        ties = {
-            "tool_calls": conn.execute(
-                "SELECT thread_id, tool_id, prompt_id FROM tool_calls ORDER BY 1, 2"
-            ).fetchall(),
-            "token_usage": conn.execute(
-                "SELECT thread_id, turn_id, prompt_id FROM token_usage ORDER BY 1, 2"
-            ).fetchall(),
-        }
-    return anyio.run(read) | ties
+    return anyio.run(read) | prompt_ties(store)  # and each call's prompt (its turn)
 
 
 def _backfill(data: Path, store: Path, root: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from conftest import prompt_ties
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_claude_code import CLAUDE, Tree, cli, copy_tree
@@ -145,25 +146,11 @@ def test_tool_stats_by_provider_and_model_reach_claude_code_calls(tree: Tree) ->
 # --- the tie, whatever the chunking, the restarts, the replays --------------------
 
 
-def _ties(store: Path) -> dict[str, list]:
-    with sqlite3.connect(store) as conn:
-        return {
-            "tool_calls": conn.execute(
-                "SELECT thread_id, tool_id, prompt_id FROM tool_calls ORDER BY 1, 2"
-            ).fetchall(),
-            "token_usage": conn.execute(
-                "SELECT thread_id, turn_id, prompt_id FROM token_usage ORDER BY 1, 2"
-            ).fetchall(),
-            "turns": conn.execute("SELECT thread_id, turn_id, model FROM turns ORDER BY 1, 2")
-            .fetchall(),
-        }  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory) -> dict[str, list]:
     tree = Tree(tmp_path_factory.mktemp("whole"))
     tree.once()
-    ties = _ties(tree.store)
+    ties = prompt_ties(tree.store)
     assert sum(1 for *_, p in ties["tool_calls"] if p is not None) == 47
     assert sum(1 for *_, p in ties["token_usage"] if p is None) == 2  # a side question's own
     return ties
@@ -202,7 +189,7 @@ def test_ties_are_the_same_in_any_chunking_and_across_restarts(
     tmp = tmp_path_factory.mktemp("steps")
     root = copy_tree(tmp / "home")
     anyio.run(_read_in_steps, tmp / "s.sqlite3", root, chunk_lines, budget)
-    assert _ties(tmp / "s.sqlite3") == whole
+    assert prompt_ties(tmp / "s.sqlite3") == whole
 
 
 def test_a_read_in_chunks_carries_the_prompt_from_chunk_to_chunk() -> None:
@@ -243,8 +230,8 @@ def test_a_restart_mid_turn_keeps_the_current_prompt(tree: Tree, whole) -> None:
     assert json.loads(stored) == [[prompt["sessionId"], False, prompt["uuid"]]]
     path.write_bytes(body)
     assert tree.once()["linesIngested"] == len(lines) - 6
-    assert _ties(tree.store) == whole
-    tied = [r for r in _ties(tree.store)["tool_calls"] if r[2] == prompt["uuid"]]
+    assert prompt_ties(tree.store) == whole
+    tied = [r for r in prompt_ties(tree.store)["tool_calls"] if r[2] == prompt["uuid"]]
     assert len(tied) == 3  # its Write, Grep and Bash
 
 
@@ -298,7 +285,7 @@ def test_a_replay_starting_mid_turn_counts_nothing_twice_and_keeps_the_tie(
         b"\n".join([*replayed, json.dumps(own).encode(), json.dumps(call).encode()]) + b"\n"
     )
     tree.once()
-    ties = _ties(tree.store)
+    ties = prompt_ties(tree.store)
     # the replayed calls: still one row each, tied to the original's prompt
     assert ties["tool_calls"] == whole["tool_calls"]
     assert [r for r in ties["token_usage"] if r[0] != "5e55-resumed"] == whole["token_usage"]
@@ -375,7 +362,9 @@ def test_older_exports_import_untied_and_a_prompt_on_a_roder_row_is_refused(
     ))  # fmt: skip
     copy = tmp_path / "copy.sqlite3"
     cli("import", old, "--data-dir", tree.data, "--store", copy)
-    assert {r[2] for table in ("tool_calls", "token_usage") for r in _ties(copy)[table]} == {None}
+    assert {r[2] for table in ("tool_calls", "token_usage") for r in prompt_ties(copy)[table]} == {
+        None
+    }
     for bad in ({**tied[0], "agent": "roder"}, {**tied[0], "schemaVersion": 2}):
         path = tmp_path / "bad.jsonl"
         path.write_text(json.dumps(bad) + "\n")
