@@ -345,3 +345,24 @@ def test_one_scan_of_many_days_equals_a_walk_per_day(turns, calls, usage) -> Non
 
     scanned, walked = anyio.run(run)
     assert scanned == walked
+
+
+def test_the_one_scan_refresh_gives_the_connection_its_cache_back(tmp_path: Path) -> None:
+    """The one-scan refresh bounds its sorts with a small page cache for its
+    own statement only: the writer's cache is the same after it."""
+    from roder_analyticsd.store.maintenance import SCAN_CACHE_SIZE, _refresh_days
+
+    async def run() -> tuple[int, int]:
+        conn = await open_store(tmp_path / "store.sqlite3")
+        try:
+            async with conn.execute("PRAGMA cache_size") as cur:
+                (before,) = await cur.fetchone()
+            await _refresh_days(conn, ["2026-10-02", "2026-10-03"], 1, scan=True)
+            async with conn.execute("PRAGMA cache_size") as cur:
+                (after,) = await cur.fetchone()
+            return before, after
+        finally:
+            await conn.close()
+
+    before, after = anyio.run(run)
+    assert before == after != SCAN_CACHE_SIZE

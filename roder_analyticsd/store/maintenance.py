@@ -98,6 +98,7 @@ _MANY_DAYS_SQL = _ROLLUP_TEMPLATE.format(
 # From this many days on, one scan of the tables beats a walk of the time
 # indexes per day (each row found there costs a seek in its table).
 SCAN_FROM_DAYS = 8
+SCAN_CACHE_SIZE = -2048  # KiB (negative: a size, not pages)
 
 
 def day_bounds(day: str) -> tuple[int, int]:
@@ -127,7 +128,16 @@ async def _refresh_days(
     await conn.executemany("DELETE FROM daily_rollups WHERE day = ?", [(day,) for day in todo])
     if scan:
         numbers = json.dumps([_day_number(day) for day in todo])
-        cur = await conn.execute(_MANY_DAYS_SQL, {"days": numbers, "now": now})
+        # its sorts (one per GROUP BY) may each hold a page cache's worth of
+        # rows in memory: a small cache for this one statement bounds them
+        # (it reads each table once, in order, so it needs no cache)
+        async with conn.execute("PRAGMA cache_size") as cur:
+            (cache,) = await cur.fetchone()
+        await conn.execute(f"PRAGMA cache_size = {SCAN_CACHE_SIZE}")
+        try:
+            cur = await conn.execute(_MANY_DAYS_SQL, {"days": numbers, "now": now})
+        finally:
+            await conn.execute(f"PRAGMA cache_size = {int(cache)}")
         return max(cur.rowcount, 0)
     written = 0
     for day in todo:
