@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 import pytest
 from hypothesis import HealthCheck, settings
 
+from roder_analyticsd.store import schema
+
 # Property tests are judged by what they find, never by this machine's speed:
 # no deadlines and no "too slow" health checks, on a loaded machine or in CI.
 # Under CI the examples are derived from each test's name, so a verdict
@@ -106,17 +108,44 @@ def prompt_ties(store: Path) -> dict[str, list]:
         }  # fmt: skip
 
 
+_TURN_COLUMNS = (
+    "thread_id, turn_id, provider, model, model_at_ms, runtime_profile, started_at_ms,"
+    " completed_at_ms, terminal_status, error_kind, agent"
+)
+_TOOL_COLUMNS = (
+    "thread_id, turn_id, tool_id, tool_name, started_at_ms, completed_at_ms, is_error, agent,"
+    " prompt_id"
+)
+
+
+# Statements that take a version-9 store back to version 8 (for migration tests).
+UNDO_MIGRATION_9 = (
+    "DROP VIEW local_v2_events",
+    "DROP VIEW activity_v2",
+    "DROP VIEW activity_events",
+    *(f"ALTER TABLE tool_calls DROP COLUMN {c}" for c in ("event_id", "class_id")),
+    *(
+        f"ALTER TABLE turns DROP COLUMN {c}"
+        for c in ("start_event_id", "start_class_id", "end_event_id", "end_class_id")
+    ),
+    "ALTER TABLE forward_outbox DROP COLUMN thread_id",
+    schema.ACTIVITY_V2_VIEW_V1,
+    schema.LOCAL_V2_VIEW,
+)
+
+
 def dump_tables(store: Path) -> dict[str, list[tuple]]:
     """Every analytics table's rows, in a stable order (volatile columns left out)."""
     conn = sqlite3.connect(store)
     try:
         out = {
             "sessions": "SELECT * FROM sessions ORDER BY thread_id",
-            "turns": "SELECT *, status FROM turns ORDER BY thread_id, turn_id",
-            "tool_calls": "SELECT *, duration_ms, status FROM tool_calls "
+            # (the analytics.v2 events these rows hold are under "activity")
+            "turns": f"SELECT {_TURN_COLUMNS}, status FROM turns ORDER BY thread_id, turn_id",
+            "tool_calls": f"SELECT {_TOOL_COLUMNS}, duration_ms, status FROM tool_calls "
             "ORDER BY thread_id, turn_id, tool_id",
             "token_usage": "SELECT * FROM token_usage ORDER BY thread_id, turn_id",
-            "activity": "SELECT * FROM activity ORDER BY event_id, occurred_at_ms",
+            "activity": "SELECT * FROM activity_events ORDER BY event_id, occurred_at_ms",
             "thread_owners": "SELECT * FROM thread_owners ORDER BY thread_id",
             "daily_rollups": "SELECT day, scope, key, turns, tool_calls, tool_errors, "
             "tool_duration_ms, prompt_tokens, completion_tokens, total_tokens, "

@@ -204,7 +204,7 @@ def test_a_read_in_chunks_carries_the_prompt_from_chunk_to_chunk() -> None:
             for batch in read_new_lines(path, path.parent, {}, outcome, chunk_lines=chunk_lines):
                 batch.agent = claude_code.AGENT
                 rows = run_stages(batch, chain).rows
-                found += [(r[0], r[2], r[7]) for r in rows.tool_calls]
+                found += [(r[0], r[2], r[9]) for r in rows.tool_calls]
                 found += [(r[0], r[1], r[13]) for r in rows.api_calls]
         return sorted(set(found), key=repr)
 
@@ -403,11 +403,14 @@ def test_batch_defaults_decode_from_no_prompt() -> None:
 
 _PROMPT_IDS = st.sampled_from([None, "p1", "p2", "p3"])
 _TOOL_HALVES = st.builds(
-    lambda start, end, error, prompt: ("s", "", "t", "Bash" if start else None,
-                                       1000 + start if start else None,
-                                       2000 + end if end else None,
-                                       error if end else None, prompt),
-    st.integers(0, 2), st.integers(0, 2), st.integers(0, 1), _PROMPT_IDS,
+    lambda start, end, error, event, prompt: ("s", "", "t", "Bash" if start else None,
+                                              1000 + start if start else None,
+                                              2000 + end if end else None,
+                                              error if end else None,
+                                              event if end else None,
+                                              -event if end else None, prompt),
+    st.integers(0, 2), st.integers(0, 2), st.integers(0, 1), st.sampled_from([-7, 3, 5]),
+    _PROMPT_IDS,
 )  # fmt: skip
 
 
@@ -421,7 +424,11 @@ def test_a_tool_calls_prompt_merges_in_any_order_to_the_greatest_known(halves, r
     rnd.shuffle(shuffled)
     merged = reduce(merge_tool, shuffled)
     assert merged == reduce(merge_tool, halves)
-    assert merged[7] == max((h[7] for h in halves if h[7] is not None), default=None)
+    assert merged[9] == max((h[9] for h in halves if h[9] is not None), default=None)
+    # the completion's analytics.v2 event and class go with the completion kept
+    ends = [h for h in halves if h[5] is not None]
+    assert merged[5:9] == (max((h[5:9] for h in ends), default=(None,) * 4))
+    assert merged[8] == (None if merged[7] is None else -merged[7])
 
 
 @given(st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3), _PROMPT_IDS), min_size=1,

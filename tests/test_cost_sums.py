@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from roder_analyticsd import pricing, timewindow
 from roder_analyticsd.pipeline.batch import Rows
+from roder_analyticsd.pipeline.project import NO_EVENTS
 from roder_analyticsd.store import queries
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.writer import write_rows
@@ -62,7 +63,9 @@ def _rows(rows: list[tuple]) -> tuple[Rows, Rows]:
                  min(hour, creation), provider, name, f"msg-{n}", 0, None)
             )  # fmt: skip
         else:
-            roder.turns.append(("thr-r", turn, None, at, provider, name, at, None, None, None))
+            roder.turns.append(
+                ("thr-r", turn, None, at, provider, name, at, None, None, None, *NO_EVENTS)
+            )
             roder.token_usage.append(
                 ("thr-r", turn, at, prompt, completion, total, cached, creation)
             )

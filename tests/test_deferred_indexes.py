@@ -12,6 +12,7 @@ import pytest
 from conftest import SAMPLE_DIR, run_cli
 
 from roder_analyticsd.pipeline.batch import Rows
+from roder_analyticsd.pipeline.project import NO_EVENTS
 from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.writer import write_rows
@@ -93,7 +94,9 @@ def test_a_damaged_pending_value_neither_runs_nor_stops_the_open(
 def test_a_store_with_rows_keeps_its_indexes(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite3"
     rows = Rows()
-    rows.turns.append(("thr", "turn", None, 1_000, "openai", "gpt-5", 1_000, None, None, None))
+    rows.turns.append(
+        ("thr", "turn", None, 1_000, "openai", "gpt-5", 1_000, None, None, None, *NO_EVENTS)
+    )
 
     async def run() -> bool:
         conn = await open_store(path)

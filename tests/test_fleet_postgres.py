@@ -432,7 +432,7 @@ def test_daemon_forwarder_delivers_into_a_postgres_receiver(
                          "--json", check=False)  # fmt: skip
         assert daemon.returncode == 0, daemon.stderr
         with sqlite3.connect(store) as conn:
-            total = conn.execute("SELECT count(*) FROM activity").fetchone()[0]
+            total = conn.execute("SELECT count(*) FROM activity_events").fetchone()[0]
         assert total > 0
         # the live daemon forwards; run it until the receiver has everything
         import subprocess

@@ -137,7 +137,9 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
     # forwarding never turned on: no trigger, nothing in the outbox
     assert not one(store, f"SELECT count(*) FROM sqlite_master WHERE name = '{TRIGGER}'")
     assert one(store, "SELECT count(*) FROM forward_outbox") == 0
-    total = one(store, "SELECT count(*) FROM activity")
+    total = one(store, "SELECT count(*) FROM activity_events")
+    # events held by tool call and turn rows are forwarded as those in `activity` are
+    assert one(store, "SELECT count(*) FROM activity") < total
     local = {
         event_id_hex(r[0]): r[1:]
         for r in rows(
@@ -146,7 +148,7 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
             " loop_stage, outcome, error_category, phase FROM activity_v2",
         )
     }
-    threads = {r[0] for r in rows(store, "SELECT DISTINCT thread_id FROM activity") if r[0]}
+    threads = {r[0] for r in rows(store, "SELECT DISTINCT thread_id FROM activity_events") if r[0]}
     installation = one(store, "SELECT value FROM meta WHERE key = 'installation_id'")
 
     with receiver(received, FAILING) as (url, app):
@@ -194,7 +196,7 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
                 assert HEX24.fullmatch(ev["sessionId"])
         unique = {ev["eventId"]: ev for ev in events}.values()
         assert sum("sessionId" in ev for ev in unique) == one(
-            store, "SELECT count(*) FROM activity WHERE thread_id IS NOT NULL"
+            store, "SELECT count(*) FROM activity_events WHERE thread_id IS NOT NULL"
         )
 
         # a second run sends nothing, even with every row put back in the outbox
@@ -202,7 +204,8 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
         requests = len(sent)
         with sqlite3.connect(store) as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO forward_outbox SELECT occurred_at_ms, event_id FROM activity"
+                "INSERT OR IGNORE INTO forward_outbox"
+                " SELECT occurred_at_ms, event_id, thread_id FROM activity_events"
             )
         assert one(store, "SELECT count(*) FROM forward_outbox") == total
         await forward(store, settings, until=drained(total))
@@ -215,7 +218,7 @@ async def test_local_activity_is_forwarded_exactly_once(tmp_path, expected):
         with open(data_dir / partial["path"], "a", encoding="utf-8") as fh:
             fh.write(partial["rest"])
         run_cli("--once", "--best-effort", "--data-dir", data_dir, "--store", store, "--json")
-        assert one(store, "SELECT count(*) FROM activity") == total + 1
+        assert one(store, "SELECT count(*) FROM activity_events") == total + 1
         assert one(store, "SELECT count(*) FROM forward_outbox") == 1
         new_id = event_id_hex(one(store, "SELECT event_id FROM forward_outbox"))
         # not before it has settled (here: a settle time longer than its age)

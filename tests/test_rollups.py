@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from roder_analyticsd.config import load_settings
 from roder_analyticsd.live.ingest import Ingestor, Report, run_once
+from roder_analyticsd.pipeline.project import NO_EVENTS
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import DAY_MS, all_days, prune, refresh_rollups
@@ -319,9 +320,9 @@ def test_one_scan_of_many_days_equals_a_walk_per_day(turns, calls, usage) -> Non
     from roder_analyticsd.store.writer import write_rows
 
     rows = Rows(
-        turns=[(t, u, None, at, p, "m" if p else None, at, None, None, None)
+        turns=[(t, u, None, at, p, "m" if p else None, at, None, None, None, *NO_EVENTS)
                for t, u, at, p in turns],
-        tool_calls=[(t, u, c, name, start, end, int(err))
+        tool_calls=[(t, u, c, name, start, end, int(err), None, None)
                     for t, u, c, name, start, end, err in calls],
         token_usage=[(t, u, at, p, c, p + c, p // 2, p // 3) for t, u, at, p, c in usage],
     )  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
+from conftest import UNDO_MIGRATION_9
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cost_sums import MODELS, START_MS, counts, token_rows
@@ -235,8 +236,9 @@ def test_migration_marks_every_token_day_for_its_first_refresh(tmp_path: Path) -
             await _write(conn, rows)
             await refresh_rollups(conn)
             await conn.execute("DROP TABLE token_rollups")
-            # and what migrations 7 and 8 added, so the store is a version-5 one
-            for statement in ("DROP INDEX tool_calls_prompt", "DROP INDEX token_usage_sidechain",
+            # and what migrations 7 to 9 added, so the store is a version-5 one
+            for statement in (*UNDO_MIGRATION_9,
+                              "DROP INDEX tool_calls_prompt", "DROP INDEX token_usage_sidechain",
                               "ALTER TABLE tool_calls DROP COLUMN prompt_id",
                               "ALTER TABLE token_usage DROP COLUMN prompt_id",
                               "ALTER TABLE files DROP COLUMN prompts"):  # fmt: skip

@@ -29,6 +29,7 @@ from roder_analyticsd.live.ingest import (
 )
 from roder_analyticsd.live.workers import Worker
 from roder_analyticsd.pipeline.batch import Rows
+from roder_analyticsd.pipeline.project import NO_EVENTS
 from roder_analyticsd.sources.roder import discover
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import dirty_days
@@ -169,7 +170,9 @@ def test_a_shared_transaction_commits_at_its_size_and_on_any_end(tmp_path):
 
     def turn(n: int) -> Rows:
         rows = Rows()
-        rows.turns.append(("thr", f"turn-{n}", None, 1_000 + n, None, None, None, None, None, None))
+        rows.turns.append(
+            ("thr", f"turn-{n}", None, 1_000 + n, None, None, None, None, None, None, *NO_EVENTS)
+        )
         return rows
 
     async def run() -> None:

@@ -2,18 +2,20 @@
 
 The path of one activity row:
 
-    activity ──trigger──▶ forward_outbox ──pump──▶ forward_queue ──Forwarder──▶ receiver
-                                                                  └─ 2xx ─▶ forward_acked
+    activity, tool_calls, turns ──triggers──▶ forward_outbox ──pump──▶ forward_queue
+        ──Forwarder──▶ receiver
+                   └─ 2xx ─▶ forward_acked
 
-- The trigger `activity_forward_outbox` is a normal (not TEMP) trigger, so
-  it fires for the ingest writer's own connection, inside the writer's
-  transaction: no row is missed. It exists only while forwarding is on:
-  `enable_forwarding` creates it and, in the same transaction, puts every
-  activity row not yet acknowledged in the outbox (a row is either copied
-  then or caught by the trigger, never neither); `disable_forwarding` drops
-  it. (A trigger that always exists but checks a flag would cost every
-  ingest ~4 µs per activity row even with forwarding off: ~70% more time
-  inserting activity.)
+- An event is a row of `activity` or is held by a tool call's or a turn's
+  row (store/schema.py, `activity_events`). The triggers are normal (not
+  TEMP) triggers, so they fire for the ingest writer's own connection,
+  inside the writer's transaction: no event is missed. They exist only
+  while forwarding is on: `enable_forwarding` creates them and, in the same
+  transaction, puts every event not yet acknowledged in the outbox (an
+  event is either copied then or caught by a trigger, never neither);
+  `disable_forwarding` drops them. (A trigger that always exists but checks
+  a flag would cost every ingest ~4 µs per activity row even with
+  forwarding off: ~70% more time inserting activity.)
 - The pump builds events from `activity_v2` for a chunk of outbox ids, hands
   them to `Forwarder.enqueue` and then deletes the ids. The two steps are on
   different connections, so not one transaction; that is harmless: a chunk
@@ -64,14 +66,52 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-TRIGGER = "activity_forward_outbox"
-_CREATE_TRIGGER = f"""
-CREATE TRIGGER IF NOT EXISTS {TRIGGER} AFTER INSERT ON activity
-BEGIN
-    INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id)
-    VALUES (NEW.occurred_at_ms, NEW.event_id);
-END
-"""
+TRIGGER = "activity_forward_outbox"  # its presence is "forwarding is on"
+_OUTBOX = "INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id, thread_id)"
+# a row's event: (instant, id column); an id of 0 is a row of `activity`
+_HELD_EVENTS = {
+    "tool_calls": [("completed_at_ms", "event_id")],
+    "turns": [("started_at_ms", "start_event_id"), ("completed_at_ms", "end_event_id")],
+}
+
+
+def _held_triggers(table: str) -> list[tuple[str, str]]:
+    """(name, CREATE) of the triggers that put the events a row of `table`
+    holds in the outbox: when inserted, and when an event id changes."""
+    events = _HELD_EVENTS[table]
+    on_insert = "".join(
+        f"    {_OUTBOX} SELECT NEW.{at}, NEW.{ident}, NEW.thread_id WHERE NEW.{ident} <> 0;\n"
+        for at, ident in events
+    )
+    on_update = "".join(
+        f"    {_OUTBOX} SELECT NEW.{at}, NEW.{ident}, NEW.thread_id"
+        f" WHERE NEW.{ident} <> 0 AND NEW.{ident} IS NOT OLD.{ident};\n"
+        for at, ident in events
+    )
+    columns = ", ".join(ident for _, ident in events)
+    return [
+        (
+            f"{table}_insert_forward_outbox",
+            f"CREATE TRIGGER IF NOT EXISTS {table}_insert_forward_outbox"
+            f" AFTER INSERT ON {table}\nBEGIN\n{on_insert}END",
+        ),
+        (
+            f"{table}_update_forward_outbox",
+            f"CREATE TRIGGER IF NOT EXISTS {table}_update_forward_outbox"
+            f" AFTER UPDATE OF {columns} ON {table}\nBEGIN\n{on_update}END",
+        ),
+    ]
+
+
+_TRIGGERS = [
+    (
+        TRIGGER,
+        f"CREATE TRIGGER IF NOT EXISTS {TRIGGER} AFTER INSERT ON activity\nBEGIN\n"
+        f"    {_OUTBOX} VALUES (NEW.occurred_at_ms, NEW.event_id, NEW.thread_id);\nEND",
+    ),
+    *_held_triggers("tool_calls"),
+    *_held_triggers("turns"),
+]
 
 
 async def _write(conn: aiosqlite.Connection, *statements: str) -> list[int]:
@@ -93,16 +133,21 @@ async def forwarding_enabled(conn: aiosqlite.Connection) -> bool:
 
 
 async def enable_forwarding(conn: aiosqlite.Connection) -> int:
-    """Create the outbox trigger; when it did not exist yet, every activity
-    row not yet acknowledged joins the outbox. Returns how many did."""
+    """Create the outbox triggers; when forwarding was off, every event not
+    yet acknowledged joins the outbox. Returns how many did."""
+    creates = [sql for _, sql in _TRIGGERS]
     if await forwarding_enabled(conn):
+        # (a store forwarding since before migration 9 gains the triggers of
+        # the tool call and turn rows; every event they held then is a row
+        # of `activity`, so none is missing from the outbox)
+        await _write(conn, *creates)
         return 0
-    _, added = await _write(
+    *_, added = await _write(
         conn,
-        _CREATE_TRIGGER,
-        "INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id)"
-        " SELECT a.occurred_at_ms, a.event_id FROM activity a WHERE NOT EXISTS ("
-        "  SELECT 1 FROM forward_acked k WHERE k.event_id = printf('%016x', a.event_id))",
+        *creates,
+        f"{_OUTBOX} SELECT a.occurred_at_ms, a.event_id, a.thread_id FROM activity_events a"
+        " WHERE NOT EXISTS (SELECT 1 FROM forward_acked k"
+        " WHERE k.event_id = printf('%016x', a.event_id))",
     )
     return max(added, 0)
 
@@ -112,7 +157,8 @@ async def disable_forwarding(conn: aiosqlite.Connection) -> None:
     `[analytics.forward] endpoint` was removed). Queued events are kept; a
     later enable picks up whatever was not acknowledged."""
     if await forwarding_enabled(conn):
-        await _write(conn, f"DROP TRIGGER IF EXISTS {TRIGGER}", "DELETE FROM forward_outbox")
+        drops = [f"DROP TRIGGER IF EXISTS {name}" for name, _ in _TRIGGERS]
+        await _write(conn, *drops, "DELETE FROM forward_outbox")
 
 
 async def pump(
@@ -128,7 +174,7 @@ async def pump(
     `occurred_before_ms` into the forwarder's queue (a row whose activity
     is gone is just consumed); returns how many outbox rows were consumed."""
     async with conn.execute(
-        "SELECT occurred_at_ms, event_id FROM forward_outbox WHERE occurred_at_ms < ?"
+        "SELECT occurred_at_ms, event_id, thread_id FROM forward_outbox WHERE occurred_at_ms < ?"
         " ORDER BY occurred_at_ms LIMIT ?",
         (occurred_before_ms, limit),
     ) as cur:
@@ -142,7 +188,7 @@ async def pump(
     await conn.execute(
         "DELETE FROM forward_outbox WHERE (occurred_at_ms, event_id) IN"
         " (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
-        (json.dumps(keys),),
+        (json.dumps([key[:2] for key in keys]),),
     )
     return len(keys)
 

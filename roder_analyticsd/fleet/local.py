@@ -35,6 +35,7 @@ from roder_analyticsd.fleet.model import AnalyticsEvent
 from roder_analyticsd.fleet.redact import hash24, redact_event
 from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 from roder_analyticsd.pipeline.attribute import event_id_hex
+from roder_analyticsd.store.schema import V2_COLUMNS, V2_JOINS
 from roder_analyticsd.timewindow import is_utc
 
 Source = Literal["local", "collected", "all"]
@@ -145,10 +146,6 @@ async def fleet(
 
 # --- local activity as AnalyticsEvents (for the forwarder) -------------------
 
-_EVENT_COLUMNS = (
-    "a.event_id, a.thread_id, a.occurred_at_ms, a.event_name, a.module, a.owner_module,"
-    " a.execution_kind, a.loop_stage, a.outcome, a.error_category, a.phase, a.provider, a.model"
-)
 _PROPERTY_KEYS = (
     "module",
     "ownerModule",
@@ -176,7 +173,7 @@ def session_id(thread_id: str | None) -> str | None:
 def to_event(
     row: Sequence[Any], *, installation_id: str, instance_id: str
 ) -> AnalyticsEvent | None:
-    """One `activity_v2` row (`_EVENT_COLUMNS` order) as a redacted event;
+    """One `activity_v2` row (`store.schema.V2_COLUMNS` order) as a redacted event;
     None when its instant cannot be written as RFC 3339."""
     event_id, thread_id, at_ms, event_name, *values = row
     try:
@@ -204,24 +201,40 @@ def to_event(
 
 async def events_for(
     conn: aiosqlite.Connection,
-    activity_keys: Sequence[tuple[int, int]],
+    outbox_keys: Sequence[tuple[int, int, str | None]],
     *,
     installation_id: str,
     instance_id: str,
 ) -> list[AnalyticsEvent]:
-    """The events of these activity rows, by key (occurred_at_ms, event_id),
-    owner attribution as known now. Rows gone (pruned, rebuilt away) or
-    already acknowledged are skipped."""
-    if not activity_keys:
+    """The events of these outbox rows, by (occurred_at_ms, event_id,
+    thread_id), owner attribution as known now. Events gone (pruned, rebuilt
+    away) or already acknowledged are skipped."""
+    if not outbox_keys:
         return []
     sql = f"""
-        SELECT {_EVENT_COLUMNS} FROM activity_v2 a
-        WHERE (a.occurred_at_ms, a.event_id) IN
-              (SELECT value ->> 0, value ->> 1 FROM json_each(?))
-          AND NOT EXISTS (SELECT 1 FROM forward_acked k
+        WITH k (at, id, thread) AS (
+            SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)),
+        a (event_id, thread_id, occurred_at_ms, class_id, provider, model) AS (
+            SELECT a.event_id, a.thread_id, a.occurred_at_ms, a.class_id, a.provider, a.model
+            FROM k JOIN activity a ON a.occurred_at_ms = k.at AND a.event_id = k.id
+            UNION ALL
+            SELECT c.event_id, c.thread_id, c.completed_at_ms, c.class_id, NULL, NULL
+            FROM k JOIN tool_calls c ON c.thread_id = k.thread
+            WHERE c.event_id = k.id AND c.completed_at_ms = k.at
+            UNION ALL
+            SELECT t.start_event_id, t.thread_id, t.started_at_ms, t.start_class_id, NULL, NULL
+            FROM k JOIN turns t ON t.thread_id = k.thread
+            WHERE t.start_event_id = k.id AND t.started_at_ms = k.at
+            UNION ALL
+            SELECT t.end_event_id, t.thread_id, t.completed_at_ms, t.end_class_id, NULL, NULL
+            FROM k JOIN turns t ON t.thread_id = k.thread
+            WHERE t.end_event_id = k.id AND t.completed_at_ms = k.at)
+        SELECT {V2_COLUMNS} FROM a
+        {V2_JOINS}
+        WHERE NOT EXISTS (SELECT 1 FROM forward_acked k
                           WHERE k.event_id = printf('%016x', a.event_id))
         ORDER BY a.occurred_at_ms, a.event_id"""
-    async with conn.execute(sql, (json.dumps(list(activity_keys)),)) as cur:
+    async with conn.execute(sql, (json.dumps(list(outbox_keys)),)) as cur:
         rows = await cur.fetchall()
     out = []
     for row in rows:

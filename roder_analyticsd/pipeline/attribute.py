@@ -134,11 +134,32 @@ def class_row(fields: tuple) -> tuple:
 _FIXED_ROWS = {kind: class_row(fields[:8]) for kind, fields in _FIXED.items()}
 
 
-# the three kinds of most lines, classified without `classify`
+# the classes of the most frequent lines, found without `classify`
 _TOOL_ROWS = {False: class_row(_TOOL_OK[:8]), True: class_row(_TOOL_ERROR[:8])}
 _INFERENCE_ROW = class_row(
     (FEATURE, "session", None, None, "model_request", None, None, None)
 )  # provider and model are the activity row's, not the class's
+
+
+# Kinds whose analytics.v2 event is kept on the row it projects to, not as
+# an activity row (see store/schema.py, view `activity_events`): a tool
+# call's completion, a turn's start and its end. A tool call's start has
+# no event of its own: its completion is the tool_call.
+TURN_ENDS = ("turn.completed", "turn.failed", "turn.interrupted", "turn.deadline_exceeded")
+DERIVED = frozenset(("tool.call_started", "tool.call_completed", "turn.started", *TURN_ENDS))
+
+
+def tool_class(is_error: bool) -> tuple:
+    """The class row of a tool call's completion."""
+    return _TOOL_ROWS[bool(is_error)]
+
+
+def turn_class(kind: str, error_kind: str | None) -> tuple:
+    """The class row of a turn's start or end (`error_kind`: TurnFailed's)."""
+    if kind == "turn.failed":
+        category = _FAILED_CATEGORY.get(error_kind or "", "runtime_error")
+        return class_row((ERROR, "session", None, None, "loop_end", "failed", category, None))
+    return _FIXED_ROWS[kind]
 
 
 def attribute(batch: Batch) -> Batch:
@@ -153,17 +174,14 @@ def attribute(batch: Batch) -> Batch:
         p = event.payload
         kind = event.kind
         provider = model = None
-        if kind == "tool.call_completed":
-            row = _TOOL_ROWS[bool(p.is_error)]
-            thread_id = p.thread_id or event.thread_id
-        elif kind == "inference.started":
+        if kind == "inference.started":
             row = _INFERENCE_ROW
             ref = p.model
             if ref is not None:
                 provider, model = ref.provider, ref.model
             thread_id = p.thread_id or event.thread_id
-        elif kind == "tool.call_started":
-            continue  # no activity of its own: its completion is the tool_call
+        elif kind in DERIVED:
+            continue  # the rows of its tool call or turn hold its event (see project)
         else:
             row = _FIXED_ROWS.get(kind)
             if isinstance(p, ev.AutomationEvent):

@@ -27,9 +27,15 @@ import dataclasses
 import hashlib
 import struct
 
-from roder_analyticsd.pipeline.attribute import ERROR, FEATURE, class_row
+from roder_analyticsd.pipeline.attribute import ERROR, FEATURE, activity_id, class_row
 from roder_analyticsd.pipeline.batch import Batch, Rows
-from roder_analyticsd.pipeline.project import _put, merge_session, merge_tool_call, merge_turn
+from roder_analyticsd.pipeline.project import (
+    NO_EVENTS,
+    _put,
+    merge_session,
+    merge_tool_call,
+    merge_turn,
+)
 from roder_analyticsd.sources.claude_code import CALL, PROMPT, PROVIDER, TOOL_RESULT, TOOL_USE
 
 # Claude Code's tool calls are keyed by session and tool id alone (the turn
@@ -64,34 +70,25 @@ _ACTIVITY_ID = struct.Struct(">q").unpack  # = attribute.activity_id's int.from_
 
 
 def attribute(batch: Batch) -> Batch:
-    """A prompt is a loop_start, an API call a model_request (once: on the
-    line that ends its stream), a tool result a tool_call."""
+    """An API call is a model_request (once: on the line that ends its
+    stream). A prompt's loop_start and a tool result's tool_call are held by
+    their turn and tool rows (see project)."""
     activity: list[tuple] = []
     classes: dict[int, tuple] = {}
     keep = activity.append
     blake2b = hashlib.blake2b
     unpack = _ACTIVITY_ID
     for fact in batch.events:
-        kind = fact[0]
-        if kind == CALL:
-            if not fact[12]:
-                continue  # a partial line of a streamed response
-            session, ident, at = fact[1], fact[2], fact[3]
-            row, provider, model = _CALL_ROWS[fact[11]], PROVIDER, fact[4]
-        elif kind == TOOL_RESULT:
-            _, session, ident, at, is_error, side, _prompt = fact
-            row, provider, model = _TOOL_ROWS[bool(is_error), side], None, None
-        elif kind == PROMPT:
-            _, session, ident, at, side = fact
-            row, provider, model = _PROMPT_ROWS[side], None, None
-        else:  # TOOL_USE: its result is the tool_call
-            continue
+        if fact[0] != CALL or not fact[12]:
+            continue  # not an API call, or a partial line of a streamed response
+        session, ident, at = fact[1], fact[2], fact[3]
+        row = _CALL_ROWS[fact[11]]
         class_id = row[0]
         classes[class_id] = row
-        # activity_id(session, ident, kind), inlined
-        raw = f"{session or ''}\x00{ident}\x00{kind}".encode()
-        keep((unpack(blake2b(raw, digest_size=8).digest())[0], session, at, class_id, provider,
-              model))  # fmt: skip
+        # activity_id(session, ident, CALL), inlined
+        raw = f"{session or ''}\x00{ident}\x00{CALL}".encode()
+        keep((unpack(blake2b(raw, digest_size=8).digest())[0], session, at, class_id, PROVIDER,
+              fact[4]))  # fmt: skip
     return dataclasses.replace(
         batch, activity=activity, activity_classes=list(classes.values()), thread_owners=[]
     )
@@ -130,9 +127,9 @@ def merge_call(a: tuple, b: tuple) -> tuple:
 
 
 # tool_calls: (thread_id, turn_id = NO_TURN, tool_id, tool_name, started_at_ms,
-#              completed_at_ms, is_error, prompt_id)
+#              completed_at_ms, is_error, event_id, class_id, prompt_id)
 def merge_tool(a: tuple, b: tuple) -> tuple:
-    return (*merge_tool_call(a, b), merge_prompt(a[7], b[7]))
+    return (*merge_tool_call(a, b), merge_prompt(a[9], b[9]))
 
 
 def project(batch: Batch) -> Batch:
@@ -140,6 +137,7 @@ def project(batch: Batch) -> Batch:
     turns: dict[tuple, tuple] = {}
     tools: dict[tuple, tuple] = {}
     calls: dict[tuple, tuple] = {}
+    classes: dict[int, tuple] = {}  # of the events the turn and tool rows hold
     for s in batch.sessions:
         at = s.updated_at_ms if s.updated_at_ms is not None else s.created_at_ms
         row = (
@@ -163,22 +161,35 @@ def project(batch: Batch) -> Batch:
             if prompt_id is not None and model is not None:
                 # the prompt's turn: its model is its latest call's (as a Roder
                 # turn's is its last inference's)
-                row = (session, prompt_id, None, None, PROVIDER, model, at, None, None, None)
+                row = (
+                    session, prompt_id, None, None, PROVIDER, model, at, None, None, None,
+                    *NO_EVENTS,
+                )  # fmt: skip
                 old = turns.get(key := (session, prompt_id))
                 turns[key] = row if old is None else merge_turn(old, row)
         elif kind == TOOL_USE:
             _, session, tool_id, name, at, _side, prompt_id = fact
-            row = (session, NO_TURN, tool_id, name, at, None, None, prompt_id)
+            row = (session, NO_TURN, tool_id, name, at, None, None, None, None, prompt_id)
             old = tools.get(key := (session, NO_TURN, tool_id))
             tools[key] = row if old is None else merge_tool(old, row)
         elif kind == TOOL_RESULT:
-            _, session, tool_id, at, is_error, _side, prompt_id = fact
-            row = (session, NO_TURN, tool_id, None, None, at, 1 if is_error else 0, prompt_id)
+            _, session, tool_id, at, is_error, side, prompt_id = fact
+            cls = _TOOL_ROWS[bool(is_error), side]
+            classes[cls[0]] = cls
+            row = (
+                session, NO_TURN, tool_id, None, None, at, 1 if is_error else 0,
+                activity_id(session, tool_id, kind), cls[0], prompt_id,
+            )  # fmt: skip
             old = tools.get(key := (session, NO_TURN, tool_id))
             tools[key] = row if old is None else merge_tool(old, row)
         elif kind == PROMPT:
-            _, session, uuid, at, _side = fact
-            row = (session, uuid, None, at, PROVIDER, None, None, None, None, None)
+            _, session, uuid, at, side = fact
+            cls = _PROMPT_ROWS[side]
+            classes[cls[0]] = cls
+            row = (
+                session, uuid, None, at, PROVIDER, None, None, None, None, None,
+                activity_id(session, uuid, kind), cls[0], None, None,
+            )  # fmt: skip
             old = turns.get(key := (session, uuid))
             turns[key] = row if old is None else merge_turn(old, row)
     rows = Rows(
@@ -187,7 +198,7 @@ def project(batch: Batch) -> Batch:
         tool_calls=list(tools.values()),
         api_calls=list(calls.values()),
         activity=list({row[0]: row for row in batch.activity}.values()),
-        activity_classes=batch.activity_classes,
+        activity_classes=[*batch.activity_classes, *classes.values()],
     )
     return dataclasses.replace(
         batch, events=[], sessions=[], activity=[], activity_classes=[], thread_owners=[],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from roder_analyticsd.pipeline.attribute import activity_id, tool_class, turn_class
 from roder_analyticsd.pipeline.batch import Batch, Rows
 from roder_analyticsd.sources import roder as ev
 
@@ -31,6 +32,13 @@ def _min(a: Any, b: Any) -> Any:
 
 def _max(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else max(a, b)
+
+
+def above(b: int | None, a: int | None) -> bool:
+    """The tie-break between two event ids: a known one beats None, then the
+    greater. (The store's 0, "its event is a row of `activity`", is kept
+    whatever comes: see store/writer.py; a batch never holds it.)"""
+    return b is not None and (a is None or b > a)
 
 
 def _newer(a_at: int | None, a_key: Any, b_at: int | None, b_key: Any) -> bool:
@@ -52,24 +60,39 @@ def merge_session(a: tuple, b: tuple) -> tuple:
 
 
 # turns: (thread_id, turn_id, runtime_profile, started_at_ms, provider, model,
-#         model_at_ms, completed_at_ms, terminal_status, error_kind)
+#         model_at_ms, completed_at_ms, terminal_status, error_kind,
+#         start_event_id, start_class_id, end_event_id, end_class_id);
+# the start's and the end's analytics.v2 event go with the instant they set
 def merge_turn(a: tuple, b: tuple) -> tuple:
     model = b[4:7] if _newer(a[6], a[5], b[6], b[5]) else a[4:7]
     # a terminal status is only ever replaced by a later terminal event
-    if b[8] is not None and (a[8] is None or b[7] > a[7] or (b[7] == a[7] and b[8] > a[8])):
-        terminal = b[7:10]
+    if b[8] is not None and (
+        a[8] is None
+        or b[7] > a[7]
+        or (b[7] == a[7] and (b[8] > a[8] or (b[8] == a[8] and above(b[12], a[12]))))
+    ):
+        terminal, end = b[7:10], b[12:14]
     else:
-        terminal = a[7:10]
-    return (a[0], a[1], _max(a[2], b[2]), _min(a[3], b[3]), *model, *terminal)
+        terminal, end = a[7:10], a[12:14]
+    if b[3] is not None and (a[3] is None or b[3] < a[3] or (b[3] == a[3] and above(b[10], a[10]))):
+        started, start = b[3], b[10:12]
+    else:
+        started, start = a[3], a[10:12]
+    return (a[0], a[1], _max(a[2], b[2]), started, *model, *terminal, *start, *end)
 
 
 # tool_calls: (thread_id, turn_id, tool_id, tool_name, started_at_ms,
-#              completed_at_ms, is_error)
+#              completed_at_ms, is_error, event_id, class_id); the event is
+# the completion's, so it goes with it
 def merge_tool_call(a: tuple, b: tuple) -> tuple:
-    if b[5] is not None and (a[5] is None or b[5] > a[5] or (b[5] == a[5] and b[6] > a[6])):
-        completion = b[5:7]
+    if b[5] is not None and (
+        a[5] is None
+        or b[5] > a[5]
+        or (b[5] == a[5] and (b[6] > a[6] or (b[6] == a[6] and above(b[7], a[7]))))
+    ):
+        completion = b[5:9]
     else:
-        completion = a[5:7]
+        completion = a[5:9]
     return (a[0], a[1], a[2], _min(a[3], b[3]), _min(a[4], b[4]), *completion)
 
 
@@ -77,6 +100,9 @@ def merge_tool_call(a: tuple, b: tuple) -> tuple:
 #               cached, cache_creation); the terminal event's usage, latest wins
 def merge_token_usage(a: tuple, b: tuple) -> tuple:
     return b if (b[2], b[5]) > (a[2], a[5]) else a
+
+
+NO_EVENTS = (None, None, None, None)  # a turn row that holds neither its start's nor its end's
 
 
 def _put(rows: dict, key: tuple, row: tuple, merge) -> None:
@@ -100,6 +126,8 @@ def project(batch: Batch) -> Batch:
     turns: dict[tuple, tuple] = {}
     tools: dict[tuple, tuple] = {}
     tokens: dict[tuple, tuple] = {}
+    # the classes of the events the turn and tool rows hold
+    classes: dict[int, tuple] = {}
     # InferenceStarted is frequent: its session facts are folded in place
     # ([first_at, last_at, provider_at, provider, model_at, model]) and merged once
     inferred: dict[str, list] = {}
@@ -126,13 +154,19 @@ def project(batch: Batch) -> Batch:
         if kind == "tool.call_completed":
             thread_id = same(p.thread_id, p.thread_id)
             turn_id = same(p.turn_id, p.turn_id)
-            row = (thread_id, turn_id, p.tool_id, p.tool_name, None, at, 1 if p.is_error else 0)
+            event_id = activity_id(p.thread_id or event.thread_id, event.event_id, kind)
+            cls = tool_class(p.is_error)
+            classes[cls[0]] = cls
+            row = (
+                thread_id, turn_id, p.tool_id, p.tool_name, None, at, 1 if p.is_error else 0,
+                event_id, cls[0],
+            )  # fmt: skip
             old = tools.get(key := (thread_id, turn_id, p.tool_id))
             tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == "tool.call_started":
             thread_id = same(p.thread_id, p.thread_id)
             turn_id = same(p.turn_id, p.turn_id)
-            row = (thread_id, turn_id, p.tool_id, p.tool_name, at, None, None)
+            row = (thread_id, turn_id, p.tool_id, p.tool_name, at, None, None, None, None)
             old = tools.get(key := (thread_id, turn_id, p.tool_id))
             tools[key] = row if old is None else merge_tool_call(old, row)
         elif kind == "inference.started":
@@ -141,7 +175,9 @@ def project(batch: Batch) -> Batch:
             model = ref.model if ref is not None else None
             thread_id = same(p.thread_id, p.thread_id)
             turn_id = same(p.turn_id, p.turn_id)
-            row = (thread_id, turn_id, None, None, provider, model, at, None, None, None)
+            row = (
+                thread_id, turn_id, None, None, provider, model, at, None, None, None, *NO_EVENTS
+            )  # fmt: skip
             old = turns.get(key := (thread_id, turn_id))
             turns[key] = row if old is None else merge_turn(old, row)
             facts = inferred.get(p.thread_id)
@@ -164,18 +200,25 @@ def project(batch: Batch) -> Batch:
             ):
                 facts[4], facts[5] = at, model
         elif kind == "turn.started":
+            cls = turn_class(kind, None)
+            classes[cls[0]] = cls
             row = (
-                p.thread_id, p.turn_id, p.runtime_profile, at, None, None, None, None, None, None
+                p.thread_id, p.turn_id, p.runtime_profile, at, None, None, None, None, None, None,
+                activity_id(p.thread_id or event.thread_id, event.event_id, kind), cls[0],
+                None, None,
             )  # fmt: skip
             old = turns.get(key := (p.thread_id, p.turn_id))
             turns[key] = row if old is None else merge_turn(old, row)
         elif kind in _TERMINAL_STATUS:
             status = _TERMINAL_STATUS[kind]
             error_kind = (p.error_kind or "unknown") if kind == "turn.failed" else None
+            cls = turn_class(kind, p.error_kind if kind == "turn.failed" else None)
+            classes[cls[0]] = cls
             key = (p.thread_id, p.turn_id)
-            _put(
-                turns, key, (*key, None, None, None, None, None, at, status, error_kind), merge_turn
-            )
+            event_id = activity_id(p.thread_id or event.thread_id, event.event_id, kind)
+            row = (*key, None, None, None, None, None, at, status, error_kind, None, None,
+                   event_id, cls[0])  # fmt: skip
+            _put(turns, key, row, merge_turn)
             if kind == "turn.completed" or kind == "turn.failed":
                 usage = _usage_row(p.thread_id, p.turn_id, at, p.usage)
                 if usage is not None:
@@ -194,7 +237,7 @@ def project(batch: Batch) -> Batch:
         tool_calls=list(tools.values()),
         token_usage=list(tokens.values()),
         activity=list({row[0]: row for row in batch.activity}.values()),
-        activity_classes=batch.activity_classes,
+        activity_classes=[*batch.activity_classes, *classes.values()],
         thread_owners=list(dict.fromkeys(batch.thread_owners)),
     )
     return dataclasses.replace(

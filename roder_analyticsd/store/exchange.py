@@ -281,14 +281,16 @@ def _add(rows: Rows, record: Record) -> None:
         )  # fmt: skip
     elif isinstance(record, TurnRecord):
         terminal = None if record.status == "running" else record.status
+        # (an export has no analytics.v2 events: see store/schema.py, activity_events)
         rows.turns.append(
             (record.thread_id, record.turn_id, record.runtime_profile, record.started_at_ms,
              record.provider, record.model, record.model_at_ms, record.completed_at_ms,
-             terminal, record.error_kind)
+             terminal, record.error_kind, None, None, None, None)
         )  # fmt: skip
     elif isinstance(record, ToolCallRecord):
         row = (record.thread_id, record.turn_id, record.tool_id, record.tool_name,
-               record.started_at_ms, record.completed_at_ms, int(record.is_error))  # fmt: skip
+               record.started_at_ms, record.completed_at_ms, int(record.is_error), None,
+               None)  # fmt: skip
         # (Claude Code's tool-call upsert takes the prompt too: writer._statements)
         rows.tool_calls.append(row if record.agent == "roder" else (*row, record.prompt_id))
     elif record.agent == "roder":

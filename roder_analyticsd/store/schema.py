@@ -68,8 +68,8 @@ CREATE TABLE IF NOT EXISTS forward_acked (
 """
 
 
-# The views over `activity` (created by migrations 1 and 3, recreated by 4).
-ACTIVITY_V2_VIEW = """
+# The views over `activity` as migrations 1, 3 and 4 made them (9 replaced them).
+ACTIVITY_V2_VIEW_V1 = """
     CREATE VIEW activity_v2 AS
     SELECT a.event_id, a.thread_id, a.occurred_at_ms, c.event_name, c.module,
            COALESCE(c.owner_module, t.owner_module, 'session') AS owner_module,
@@ -78,6 +78,38 @@ ACTIVITY_V2_VIEW = """
     FROM activity a
     JOIN activity_classes c ON c.class_id = a.class_id
     LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
+"""
+
+# Every local analytics.v2 event: a row of `activity`, or held by the tool
+# call or turn row whose instant it is (migration 9).
+ACTIVITY_EVENTS_VIEW = """
+    CREATE VIEW activity_events AS
+    SELECT event_id, thread_id, occurred_at_ms, class_id, provider, model FROM activity
+    UNION ALL
+    SELECT event_id, thread_id, completed_at_ms, class_id, NULL, NULL
+    FROM tool_calls WHERE event_id <> 0
+    UNION ALL
+    SELECT start_event_id, thread_id, started_at_ms, start_class_id, NULL, NULL
+    FROM turns WHERE start_event_id <> 0
+    UNION ALL
+    SELECT end_event_id, thread_id, completed_at_ms, end_class_id, NULL, NULL
+    FROM turns WHERE end_event_id <> 0;
+"""
+
+# The analytics.v2 fields of an event row `a` (of activity_events) with its
+# class `c` and its thread's attribution `t`.
+V2_COLUMNS = """a.event_id, a.thread_id, a.occurred_at_ms, c.event_name, c.module,
+           COALESCE(c.owner_module, t.owner_module, 'session') AS owner_module,
+           COALESCE(c.execution_kind, t.execution_kind, 'user_session') AS execution_kind,
+           c.loop_stage, c.outcome, c.error_category, c.phase, a.provider, a.model"""
+V2_JOINS = """JOIN activity_classes c ON c.class_id = a.class_id
+    LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id"""
+
+ACTIVITY_V2_VIEW = f"""
+    CREATE VIEW activity_v2 AS
+    SELECT {V2_COLUMNS}
+    FROM activity_events a
+    {V2_JOINS};
 """
 
 LOCAL_V2_VIEW = """
@@ -122,7 +154,7 @@ MIGRATION_4 = (
     DROP TABLE activity;
     ALTER TABLE activity_by_time RENAME TO activity;
     """
-    + ACTIVITY_V2_VIEW
+    + ACTIVITY_V2_VIEW_V1
     + LOCAL_V2_VIEW
     + """
     -- emptied: enabling forwarding refills it from unacknowledged activity
@@ -218,6 +250,36 @@ MIGRATION_7 = """
 MIGRATION_8 = """
     CREATE INDEX token_usage_sidechain ON token_usage (message_id) WHERE is_sidechain = 1;
 """
+
+# 9: fewer rows per event. A tool call's completion, a turn's start and end
+# (a Claude Code prompt's too) are analytics.v2 events that were each a row
+# of `activity` beside the row that already holds their instant: half of
+# all activity rows. Their id and class now go with that instant on the
+# tool call's and the turn's row, and `activity_events` is the union. An id
+# of 0 marks an event stored before this migration: it stays a row of
+# `activity` (kept whatever replays come, so none is counted twice).
+# `forward_outbox` keeps the thread of an outbox row, which finds a tool
+# call's or turn's event by its primary key's prefix.
+MIGRATION_9 = (
+    """
+    DROP VIEW local_v2_events;
+    DROP VIEW activity_v2;
+    ALTER TABLE tool_calls ADD COLUMN event_id INTEGER;   -- its completion's analytics.v2 id
+    ALTER TABLE tool_calls ADD COLUMN class_id INTEGER;
+    ALTER TABLE turns ADD COLUMN start_event_id INTEGER;
+    ALTER TABLE turns ADD COLUMN start_class_id INTEGER;
+    ALTER TABLE turns ADD COLUMN end_event_id INTEGER;
+    ALTER TABLE turns ADD COLUMN end_class_id INTEGER;
+    UPDATE tool_calls SET event_id = 0 WHERE completed_at_ms IS NOT NULL;
+    UPDATE turns SET start_event_id = CASE WHEN started_at_ms IS NOT NULL THEN 0 END,
+                     end_event_id = CASE WHEN terminal_status IS NOT NULL THEN 0 END
+    WHERE started_at_ms IS NOT NULL OR terminal_status IS NOT NULL;
+    ALTER TABLE forward_outbox ADD COLUMN thread_id TEXT;
+    """
+    + ACTIVITY_EVENTS_VIEW
+    + ACTIVITY_V2_VIEW
+    + LOCAL_V2_VIEW
+)
 
 AGENTS = ("roder", "claude-code")
 
@@ -353,7 +415,7 @@ MIGRATIONS: list[str] = [
     FROM thread_owners o;
 
     """
-    + ACTIVITY_V2_VIEW
+    + ACTIVITY_V2_VIEW_V1
     + """
     -- daily rollups (UTC days): scope 'all' (key ''), 'tool' (tool name),
     -- 'model' (provider/model); recomputed for touched days only
@@ -406,6 +468,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_6,
     MIGRATION_7,
     MIGRATION_8,
+    MIGRATION_9,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

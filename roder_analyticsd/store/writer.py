@@ -52,45 +52,80 @@ ON CONFLICT (thread_id) DO UPDATE SET
     m_newer=_newer("model_at_ms", "model"),
 )
 
+
+def _above(column: str) -> str:
+    """SQL twin of project.above: does the excluded row's event id win a tie?"""
+    return f"(excluded.{column} IS NOT NULL AND ({column} IS NULL OR excluded.{column} > {column}))"
+
+
+def _event_of(newer: str, event: str, cls: str) -> str:
+    """The SET clauses of an event (id and class) that goes with the instant
+    `newer` picks. An id of 0 stays: that event is a row of `activity`
+    (stored before rows held their events; see store/schema.py)."""
+    return (
+        f"    {event} = CASE WHEN {event} = 0 THEN 0"
+        f" WHEN {newer} THEN excluded.{event} ELSE {event} END,\n"
+        f"    {cls} = CASE WHEN {newer} THEN excluded.{cls} ELSE {cls} END"
+    )
+
+
+# a turn's terminal status is only ever replaced by a later terminal event
+_TURN_END_NEWER = (
+    "(excluded.terminal_status IS NOT NULL AND (terminal_status IS NULL"
+    " OR excluded.completed_at_ms > completed_at_ms OR (excluded.completed_at_ms = completed_at_ms"
+    " AND (excluded.terminal_status > terminal_status"
+    " OR (excluded.terminal_status = terminal_status"
+    f" AND {_above('end_event_id')})))))"
+)
+_TURN_START_NEWER = (
+    "(excluded.started_at_ms IS NOT NULL AND (started_at_ms IS NULL"
+    " OR excluded.started_at_ms < started_at_ms OR (excluded.started_at_ms = started_at_ms"
+    f" AND {_above('start_event_id')})))"
+)
 UPSERT_TURN = """
 INSERT INTO turns (thread_id, turn_id, runtime_profile, started_at_ms, provider, model,
-                   model_at_ms, completed_at_ms, terminal_status, error_kind)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   model_at_ms, completed_at_ms, terminal_status, error_kind,
+                   start_event_id, start_class_id, end_event_id, end_class_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (thread_id, turn_id) DO UPDATE SET
     runtime_profile = COALESCE(max(excluded.runtime_profile, runtime_profile),
                                excluded.runtime_profile, runtime_profile),
     started_at_ms = COALESCE(min(excluded.started_at_ms, started_at_ms),
                              excluded.started_at_ms, started_at_ms),
+{start_event},
     provider = CASE WHEN {m_newer} THEN excluded.provider ELSE provider END,
     model = CASE WHEN {m_newer} THEN excluded.model ELSE model END,
     model_at_ms = CASE WHEN {m_newer} THEN excluded.model_at_ms ELSE model_at_ms END,
     completed_at_ms = CASE WHEN {t_newer} THEN excluded.completed_at_ms ELSE completed_at_ms END,
     terminal_status = CASE WHEN {t_newer} THEN excluded.terminal_status ELSE terminal_status END,
-    error_kind = CASE WHEN {t_newer} THEN excluded.error_kind ELSE error_kind END
+    error_kind = CASE WHEN {t_newer} THEN excluded.error_kind ELSE error_kind END,
+{end_event}
 """.format(
     # the turn's provider/model is that of its last InferenceStarted
     m_newer=_newer("model_at_ms", "model"),
-    # a terminal status is only ever replaced by a later terminal event
-    t_newer="(excluded.terminal_status IS NOT NULL AND (terminal_status IS NULL"
-    " OR excluded.completed_at_ms > completed_at_ms OR (excluded.completed_at_ms = completed_at_ms"
-    " AND excluded.terminal_status > terminal_status)))",
+    t_newer=_TURN_END_NEWER,
+    start_event=_event_of(_TURN_START_NEWER, "start_event_id", "start_class_id"),
+    end_event=_event_of(_TURN_END_NEWER, "end_event_id", "end_class_id"),
 )
 
+_COMPLETION_NEWER = (
+    "(excluded.completed_at_ms IS NOT NULL AND (completed_at_ms IS NULL"
+    " OR excluded.completed_at_ms > completed_at_ms OR (excluded.completed_at_ms = completed_at_ms"
+    " AND (excluded.is_error > is_error"
+    f" OR (excluded.is_error = is_error AND {_above('event_id')})))))"
+)
 UPSERT_TOOL_CALL = """
 INSERT INTO tool_calls (thread_id, turn_id, tool_id, tool_name, started_at_ms,
-                        completed_at_ms, is_error)
-VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, 0))
+                        completed_at_ms, is_error, event_id, class_id)
+VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, 0), ?, ?)
 ON CONFLICT (thread_id, turn_id, tool_id) DO UPDATE SET
     tool_name = COALESCE(min(excluded.tool_name, tool_name), excluded.tool_name, tool_name),
     started_at_ms = COALESCE(min(excluded.started_at_ms, started_at_ms),
                              excluded.started_at_ms, started_at_ms),
     completed_at_ms = CASE WHEN {c_newer} THEN excluded.completed_at_ms ELSE completed_at_ms END,
-    is_error = CASE WHEN {c_newer} THEN excluded.is_error ELSE is_error END
-""".format(
-    c_newer="(excluded.completed_at_ms IS NOT NULL AND (completed_at_ms IS NULL"
-    " OR excluded.completed_at_ms > completed_at_ms OR (excluded.completed_at_ms = completed_at_ms"
-    " AND excluded.is_error > is_error)))",
-)
+    is_error = CASE WHEN {c_newer} THEN excluded.is_error ELSE is_error END,
+{event}
+""".format(c_newer=_COMPLETION_NEWER, event=_event_of(_COMPLETION_NEWER, "event_id", "class_id"))
 
 UPSERT_TOKEN_USAGE = """
 INSERT INTO token_usage (thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
@@ -112,8 +147,8 @@ WHERE excluded.recorded_at_ms > recorded_at_ms
 # when either is)
 _PROMPT_MERGE = "COALESCE(max(excluded.prompt_id, prompt_id), excluded.prompt_id, prompt_id)"
 UPSERT_PROMPTED_TOOL_CALL = (
-    UPSERT_TOOL_CALL.replace("is_error)\nVALUES", "is_error, prompt_id)\nVALUES", 1)
-    .replace("COALESCE(?, 0))", "COALESCE(?, 0), ?)", 1)
+    UPSERT_TOOL_CALL.replace("class_id)\nVALUES", "class_id, prompt_id)\nVALUES", 1)
+    .replace("COALESCE(?, 0), ?, ?)", "COALESCE(?, 0), ?, ?, ?)", 1)
     .rstrip()
     + f",\n    prompt_id = {_PROMPT_MERGE}\n"
 )
