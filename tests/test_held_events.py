@@ -173,6 +173,26 @@ def test_forwarding_across_the_migration_gains_the_row_triggers(tmp_path):
     assert held > 0 and outbox == held
 
 
+def stored_row(batches: list, table: str, columns: str) -> tuple:
+    """The one row of `table` after writing these batches, one transaction
+    each, into a new store."""
+    from roder_analyticsd.store.connection import open_store
+    from roder_analyticsd.store.writer import write_rows
+
+    async def run() -> tuple:
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = await open_store(Path(tmp) / "store.sqlite3")
+            try:
+                for rows in batches:
+                    await write_rows(conn, rows, [])
+                async with conn.execute(f"SELECT {columns} FROM {table}") as cur:
+                    return tuple(await cur.fetchone())
+            finally:
+                await conn.close()
+
+    return anyio.run(run)
+
+
 # halves of one turn: a start, an end, or a model fact, with events from a
 # small pool of ids so ties are common
 _TURN_HALVES = st.one_of(
@@ -205,8 +225,6 @@ def test_a_turns_events_merge_in_any_order_in_python_and_in_the_store(halves, rn
 
     from roder_analyticsd.pipeline.batch import Rows
     from roder_analyticsd.pipeline.project import merge_turn
-    from roder_analyticsd.store.connection import open_store
-    from roder_analyticsd.store.writer import write_rows
 
     shuffled = list(halves)
     rnd.shuffle(shuffled)
@@ -221,22 +239,12 @@ def test_a_turns_events_merge_in_any_order_in_python_and_in_the_store(halves, rn
         ((*h[7:9], *h[12:14]) for h in ends), default=(None,) * 4
     )
 
-    async def stored() -> tuple:
-        with tempfile.TemporaryDirectory() as tmp:
-            conn = await open_store(Path(tmp) / "store.sqlite3")
-            try:
-                for half in shuffled:
-                    await write_rows(conn, Rows(turns=[half]), [])
-                async with conn.execute(
-                    "SELECT thread_id, turn_id, runtime_profile, started_at_ms, provider, model,"
-                    " model_at_ms, completed_at_ms, terminal_status, error_kind, start_event_id,"
-                    " start_class_id, end_event_id, end_class_id FROM turns"
-                ) as cur:
-                    return tuple(await cur.fetchone())
-            finally:
-                await conn.close()
-
-    assert anyio.run(stored) == merged
+    columns = (
+        "thread_id, turn_id, runtime_profile, started_at_ms, provider, model, model_at_ms,"
+        " completed_at_ms, terminal_status, error_kind, start_event_id, start_class_id,"
+        " end_event_id, end_class_id"
+    )
+    assert stored_row([Rows(turns=[half]) for half in shuffled], "turns", columns) == merged
 
 
 _TOOL_HALVES = st.one_of(
@@ -255,8 +263,6 @@ def test_a_tool_calls_event_merges_as_its_completion_in_python_and_in_the_store(
 
     from roder_analyticsd.pipeline.batch import Rows
     from roder_analyticsd.pipeline.project import merge_tool_call
-    from roder_analyticsd.store.connection import open_store
-    from roder_analyticsd.store.writer import write_rows
 
     shuffled = list(halves)
     rnd.shuffle(shuffled)
@@ -265,19 +271,10 @@ def test_a_tool_calls_event_merges_as_its_completion_in_python_and_in_the_store(
     ends = [h[5:9] for h in halves if h[5] is not None]
     assert merged[5:9] == max(ends, default=(None,) * 4)
 
-    async def stored() -> tuple:
-        with tempfile.TemporaryDirectory() as tmp:
-            conn = await open_store(Path(tmp) / "store.sqlite3")
-            try:
-                for half in shuffled:
-                    await write_rows(conn, Rows(tool_calls=[half]), [])
-                async with conn.execute(
-                    "SELECT thread_id, turn_id, tool_id, tool_name, started_at_ms,"
-                    " completed_at_ms, is_error, event_id, class_id FROM tool_calls"
-                ) as cur:
-                    return tuple(await cur.fetchone())
-            finally:
-                await conn.close()
-
+    columns = (
+        "thread_id, turn_id, tool_id, tool_name, started_at_ms, completed_at_ms, is_error,"
+        " event_id, class_id"
+    )
+    got = stored_row([Rows(tool_calls=[half]) for half in shuffled], "tool_calls", columns)
     # (a call never completed is stored with is_error 0)
-    assert anyio.run(stored) == (*merged[:6], merged[6] or 0, *merged[7:])
+    assert got == (*merged[:6], merged[6] or 0, *merged[7:])
