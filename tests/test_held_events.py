@@ -278,3 +278,39 @@ def test_a_tool_calls_event_merges_as_its_completion_in_python_and_in_the_store(
     got = stored_row([Rows(tool_calls=[half]) for half in shuffled], "tool_calls", columns)
     # (a call never completed is stored with is_error 0)
     assert got == (*merged[:6], merged[6] or 0, *merged[7:])
+
+
+def test_an_event_whose_instant_moves_is_queued_again_and_found_by_the_pump(tmp_path):
+    """The same completion id at a later instant (a line replayed with
+    another timestamp): the outbox gets the new key, and the pump builds
+    the event from the tool call's row (the old key is consumed as gone)."""
+    from roder_analyticsd.fleet.forwarding import enable_forwarding
+    from roder_analyticsd.fleet.local import events_for
+    from roder_analyticsd.pipeline.attribute import tool_class
+    from roder_analyticsd.pipeline.batch import Rows
+    from roder_analyticsd.store.connection import open_store
+    from roder_analyticsd.store.writer import write_rows
+
+    cls = tool_class(False)
+    call = ("thr", "turn", "call", "shell", 1_000, 2_000, 0, 42, cls[0])
+    moved = (*call[:5], 2_500, 0, 42, cls[0])
+
+    async def run() -> tuple[list, list, list]:
+        conn = await open_store(tmp_path / "store.sqlite3")
+        try:
+            await enable_forwarding(conn)
+            await write_rows(conn, Rows(tool_calls=[call], activity_classes=[cls]), [])
+            await write_rows(conn, Rows(tool_calls=[moved]), [])
+            await conn.commit()
+            async with conn.execute(
+                "SELECT occurred_at_ms, event_id, thread_id FROM forward_outbox ORDER BY 1"
+            ) as cur:
+                keys = [tuple(r) for r in await cur.fetchall()]
+            found = await events_for(conn, keys, installation_id="i", instance_id="p")
+            return keys, [ev.occurred_at for ev in found], [ev.event_id for ev in found]
+        finally:
+            await conn.close()
+
+    keys, instants, ids = anyio.run(run)
+    assert keys == [(2_000, 42, "thr"), (2_500, 42, "thr")]
+    assert instants == ["1970-01-01T00:00:02.500Z"] and ids == [f"{42:016x}"]

@@ -77,7 +77,8 @@ _HELD_EVENTS = {
 
 def _held_triggers(table: str) -> list[tuple[str, str]]:
     """(name, CREATE) of the triggers that put the events a row of `table`
-    holds in the outbox: when inserted, and when an event id changes."""
+    holds in the outbox: when inserted, and when an event's id or instant
+    changes (an outbox row whose key no longer matches is consumed as gone)."""
     events = _HELD_EVENTS[table]
     on_insert = "".join(
         f"    {_OUTBOX} SELECT NEW.{at}, NEW.{ident}, NEW.thread_id WHERE NEW.{ident} <> 0;\n"
@@ -85,10 +86,11 @@ def _held_triggers(table: str) -> list[tuple[str, str]]:
     )
     on_update = "".join(
         f"    {_OUTBOX} SELECT NEW.{at}, NEW.{ident}, NEW.thread_id"
-        f" WHERE NEW.{ident} <> 0 AND NEW.{ident} IS NOT OLD.{ident};\n"
+        f" WHERE NEW.{ident} <> 0"
+        f" AND (NEW.{ident} IS NOT OLD.{ident} OR NEW.{at} IS NOT OLD.{at});\n"
         for at, ident in events
     )
-    columns = ", ".join(ident for _, ident in events)
+    columns = ", ".join(dict.fromkeys(column for event in events for column in event))
     return [
         (
             f"{table}_insert_forward_outbox",
