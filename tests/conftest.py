@@ -112,6 +112,11 @@ _TURN_COLUMNS = (
     "thread_id, turn_id, provider, model, model_at_ms, runtime_profile, started_at_ms,"
     " completed_at_ms, terminal_status, error_kind, agent"
 )
+_TOKEN_COLUMNS = (
+    "thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens, total_tokens,"
+    " cached_prompt_tokens, cache_creation_prompt_tokens, agent, provider, model,"
+    " cache_creation_1h_prompt_tokens, message_id, is_sidechain, prompt_id"
+)
 _TOOL_COLUMNS = (
     "thread_id, turn_id, tool_id, tool_name, started_at_ms, completed_at_ms, is_error, agent,"
     " prompt_id"
@@ -128,6 +133,7 @@ UNDO_MIGRATION_9 = (
         f"ALTER TABLE turns DROP COLUMN {c}"
         for c in ("start_event_id", "start_class_id", "end_event_id", "end_class_id")
     ),
+    *(f"ALTER TABLE token_usage DROP COLUMN {c}" for c in ("event_id", "class_id")),
     "ALTER TABLE forward_outbox DROP COLUMN thread_id",
     schema.ACTIVITY_V2_VIEW_V1,
     schema.LOCAL_V2_VIEW,
@@ -144,7 +150,7 @@ def dump_tables(store: Path) -> dict[str, list[tuple]]:
             "turns": f"SELECT {_TURN_COLUMNS}, status FROM turns ORDER BY thread_id, turn_id",
             "tool_calls": f"SELECT {_TOOL_COLUMNS}, duration_ms, status FROM tool_calls "
             "ORDER BY thread_id, turn_id, tool_id",
-            "token_usage": "SELECT * FROM token_usage ORDER BY thread_id, turn_id",
+            "token_usage": f"SELECT {_TOKEN_COLUMNS} FROM token_usage ORDER BY thread_id, turn_id",
             "activity": "SELECT * FROM activity_events ORDER BY event_id, occurred_at_ms",
             "thread_owners": "SELECT * FROM thread_owners ORDER BY thread_id",
             "daily_rollups": "SELECT day, scope, key, turns, tool_calls, tool_errors, "

@@ -431,19 +431,23 @@ def test_a_tool_calls_prompt_merges_in_any_order_to_the_greatest_known(halves, r
     assert merged[8] == (None if merged[7] is None else -merged[7])
 
 
-@given(st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3), _PROMPT_IDS), min_size=1,
-                max_size=6), st.randoms())  # fmt: skip
-def test_a_calls_prompt_merges_in_any_order(copies, rnd):
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3), _PROMPT_IDS, st.booleans()),
+                min_size=1, max_size=6), st.randoms())  # fmt: skip
+def test_a_calls_prompt_and_event_merge_in_any_order(copies, rnd):
     from functools import reduce
 
     from roder_analyticsd.pipeline.claude_code import merge_call
 
     rows = [("s", "m:r", 1000, total, 1, total + 1, 0, 0, 0, "anthropic", "claude-x", "m", side,
-             prompt) for side, total, prompt in copies]  # fmt: skip
+             prompt, 9 if final else None, -1 - side)
+            for side, total, prompt, final in copies]  # fmt: skip
     shuffled = list(rows)
     rnd.shuffle(shuffled)
     merged = reduce(merge_call, shuffled)
     assert merged == reduce(merge_call, rows)
-    best_side = min(side for side, _, _ in copies)
-    known = [p for side, _, p in copies if side == best_side and p is not None]
+    best_side = min(side for side, _, _, _ in copies)
+    known = [p for side, _, p, _ in copies if side == best_side and p is not None]
     assert merged[13] == max(known, default=None)
+    # the model_request: if a copy with the kept flag ended the stream; its class, the flag's
+    ended = any(final for side, _, _, final in copies if side == best_side)
+    assert merged[14:] == (9 if ended else None, -1 - best_side)

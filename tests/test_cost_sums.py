@@ -60,7 +60,7 @@ def _rows(rows: list[tuple]) -> tuple[Rows, Rows]:
         if is_call:
             claude.api_calls.append(
                 ("thr-c", turn, at, prompt, completion, total, cached, creation,
-                 min(hour, creation), provider, name, f"msg-{n}", 0, None)
+                 min(hour, creation), provider, name, f"msg-{n}", 0, None, None, None)
             )  # fmt: skip
         else:
             roder.turns.append(

@@ -22,6 +22,7 @@ from test_claude_code import copy_tree
 
 from roder_analyticsd.pipeline.attribute import activity_id
 from roder_analyticsd.pipeline.project import NO_EVENTS
+from roder_analyticsd.sources.claude_code import CALL
 from roder_analyticsd.store.schema import MIGRATIONS
 
 EVENTS = (
@@ -97,6 +98,10 @@ def test_a_tool_calls_and_a_turns_events_are_the_ones_a_row_per_event_gave(tmp_p
 
 
 def test_a_store_of_version_8_migrates_without_counting_an_event_twice(tmp_path):
+    """Every event of a version-8 store is a row of `activity`; after the
+    migration none is held a second time by its row, whatever is read
+    again, and a Claude Code call whose stream had not ended then gets its
+    event when it ends."""
     data_dir = copy_sample(tmp_path / "roder-data")
     claude = copy_tree(tmp_path / "home")
     store = tmp_path / "usage.sqlite3"
@@ -107,25 +112,36 @@ def test_a_store_of_version_8_migrates_without_counting_an_event_twice(tmp_path)
     as_version_8(store, old)
     with sqlite3.connect(old) as conn:
         assert conn.execute("SELECT count(*) FROM activity").fetchone()[0] == len(wanted)
+        # one call's stream had not ended: no model_request yet
+        thread_id, turn_id = conn.execute(
+            "SELECT thread_id, turn_id FROM token_usage WHERE agent = 'claude-code'"
+            " ORDER BY thread_id, turn_id LIMIT 1"
+        ).fetchone()
+        unended = activity_id(thread_id, turn_id, CALL)
+        assert conn.execute("DELETE FROM activity WHERE event_id = ?", (unended,)).rowcount == 1
     once(data_dir, claude, old)  # migrates, nothing new to read
     with sqlite3.connect(old) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert events(old) == wanted
+    assert events(old) == [e for e in wanted if e[0] != unended]
 
     # every line read again (checkpoints gone): the events held before the
-    # migration stay rows of `activity`, none is held a second time
+    # migration stay rows of `activity`, none is held a second time; the
+    # unended call's event is now held by its token row
     with sqlite3.connect(old) as conn:
         conn.execute("DELETE FROM files")
     once(data_dir, claude, old)
     assert events(old) == wanted
     with sqlite3.connect(old) as conn:
-        held = (
-            conn.execute("SELECT count(*) FROM tool_calls WHERE event_id <> 0").fetchone()[0]
-            + conn.execute(
-                "SELECT count(*) FROM turns WHERE start_event_id <> 0 OR end_event_id <> 0"
-            ).fetchone()[0]
-        )
-    assert held == 0
+        held = conn.execute(
+            "SELECT (SELECT count(*) FROM tool_calls WHERE event_id <> 0)"
+            " + (SELECT count(*) FROM turns WHERE start_event_id <> 0 OR end_event_id <> 0)"
+            " + (SELECT count(*) FROM token_usage WHERE event_id <> 0)"
+        ).fetchone()[0]
+        assert conn.execute(
+            "SELECT event_id FROM token_usage WHERE thread_id = ? AND turn_id = ?",
+            (thread_id, turn_id),
+        ).fetchone() == (unended,)
+    assert held == 1
 
 
 def test_forwarding_across_the_migration_gains_the_row_triggers(tmp_path):
@@ -169,6 +185,7 @@ def test_forwarding_across_the_migration_gains_the_row_triggers(tmp_path):
             "SELECT (SELECT count(*) FROM tool_calls WHERE event_id <> 0)"
             " + (SELECT count(*) FROM turns WHERE start_event_id <> 0)"
             " + (SELECT count(*) FROM turns WHERE end_event_id <> 0)"
+            " + (SELECT count(*) FROM token_usage WHERE event_id <> 0)"
         ).fetchone()[0]
     assert held > 0 and outbox == held
 

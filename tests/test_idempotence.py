@@ -112,13 +112,16 @@ def test_clean_pass_is_not_trivially_empty(tmp_path):
 # (session, message id, request id): one message under three keys, another, none
 _CALL_IDS = [("s1", "m1", "r1"), ("s1", "m1", "r2"), ("s2", "m1", "r1"), ("s2", "m2", "r1"),
              ("s1", None, "u1")]  # fmt: skip
+# (a copy that ends its stream knows the call's event: one id per key; its
+# class is its sidechain flag's)
 calls = st.builds(
-    lambda ids, at, total, sidechain, prompt: (
+    lambda ids, at, total, sidechain, prompt, final: (
         ids[0], f"{ids[1]}:{ids[2]}" if ids[1] else f"uuid:{ids[2]}", 1_790_000_000_000 + at,
         total, 1, total + 1, 0, 0, 0, "anthropic", "claude-x", ids[1], sidechain, prompt,
+        _CALL_IDS.index(ids) + 1 if final else None, -1 - sidechain,
     ),
     st.sampled_from(_CALL_IDS), st.integers(0, 2), st.integers(1, 3), st.integers(0, 1),
-    st.sampled_from([None, "p1", "p2"]),
+    st.sampled_from([None, "p1", "p2"]), st.booleans(),
 )  # fmt: skip
 
 
@@ -131,7 +134,7 @@ async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
             "SELECT thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,"
             " total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,"
             " cache_creation_1h_prompt_tokens, provider, model, message_id, is_sidechain,"
-            " prompt_id, agent"
+            " prompt_id, agent, event_id, class_id"
             " FROM token_usage ORDER BY thread_id, turn_id"
         )
         async with conn.execute(sql) as cur:
@@ -140,9 +143,14 @@ async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
         await conn.close()
 
 
+def copies_of(rows: list, stored: tuple) -> list:
+    """The written copies of a stored call's key with its sidechain flag."""
+    return [(r, g) for r, g in rows if r[:2] == stored[:2] and r[12] == stored[12]]
+
+
 def _call(session: str, request: str, sidechain: int) -> tuple:
     return (session, f"m1:{request}", 1_790_000_000_000, 1, 1, 2, 0, 0, 0, "anthropic",
-            "claude-x", "m1", sidechain, None)  # fmt: skip
+            "claude-x", "m1", sidechain, None, None, -1 - sidechain)  # fmt: skip
 
 
 @settings(max_examples=100)
@@ -163,8 +171,13 @@ def test_calls_and_sidechain_copies_in_any_order_and_grouping(tmp_path_factory, 
     # each kept row's prompt: of its key's copies with its sidechain flag, a
     # known prompt before none, the greatest of them
     for stored in whole:
-        copies = [r[13] for r, _ in rows if r[:2] == stored[:2] and r[12] == stored[12]]
+        copies = [r[13] for r, _ in copies_of(rows, stored)]
         assert stored[13] == max((p for p in copies if p is not None), default=None)
+        # its model_request: known if a copy of its key with its sidechain
+        # flag ended the stream; its class, that flag's
+        events = {r[14] for r, _ in copies_of(rows, stored)} - {None}
+        assert stored[15] == (events.pop() if events else None)
+        assert stored[16] == -1 - stored[12]
 
 
 def test_the_sidechain_lookup_probes_the_sidechain_rows_alone(tmp_path):

@@ -2,12 +2,12 @@
 
 The path of one activity row:
 
-    activity, tool_calls, turns ──triggers──▶ forward_outbox ──pump──▶ forward_queue
+    activity, tool_calls, turns, token_usage ──triggers──▶ forward_outbox ──pump──▶ forward_queue
         ──Forwarder──▶ receiver
                    └─ 2xx ─▶ forward_acked
 
-- An event is a row of `activity` or is held by a tool call's or a turn's
-  row (store/schema.py, `activity_events`). The triggers are normal (not
+- An event is a row of `activity` or is held by a tool call's, a turn's or
+  a token row (store/schema.py, `activity_events`). The triggers are normal (not
   TEMP) triggers, so they fire for the ingest writer's own connection,
   inside the writer's transaction: no event is missed. They exist only
   while forwarding is on: `enable_forwarding` creates them and, in the same
@@ -72,6 +72,7 @@ _OUTBOX = "INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id, threa
 _HELD_EVENTS = {
     "tool_calls": [("completed_at_ms", "event_id")],
     "turns": [("started_at_ms", "start_event_id"), ("completed_at_ms", "end_event_id")],
+    "token_usage": [("recorded_at_ms", "event_id")],
 }
 
 
@@ -113,6 +114,7 @@ _TRIGGERS = [
     ),
     *_held_triggers("tool_calls"),
     *_held_triggers("turns"),
+    *_held_triggers("token_usage"),
 ]
 
 

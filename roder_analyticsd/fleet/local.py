@@ -228,7 +228,11 @@ async def events_for(
             UNION ALL
             SELECT t.end_event_id, t.thread_id, t.completed_at_ms, t.end_class_id, NULL, NULL
             FROM k JOIN turns t ON t.thread_id = k.thread
-            WHERE t.end_event_id = k.id AND t.completed_at_ms = k.at)
+            WHERE t.end_event_id = k.id AND t.completed_at_ms = k.at
+            UNION ALL
+            SELECT u.event_id, u.thread_id, u.recorded_at_ms, u.class_id, u.provider, u.model
+            FROM k JOIN token_usage u ON u.thread_id = k.thread
+            WHERE u.event_id = k.id AND u.recorded_at_ms = k.at)
         SELECT {V2_COLUMNS} FROM a
         {V2_JOINS}
         WHERE NOT EXISTS (SELECT 1 FROM forward_acked k

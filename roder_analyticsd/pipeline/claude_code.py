@@ -24,8 +24,6 @@ the lines arrive in, however often they are replayed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import struct
 
 from roder_analyticsd.pipeline.attribute import ERROR, FEATURE, activity_id, class_row
 from roder_analyticsd.pipeline.batch import Batch, Rows
@@ -66,37 +64,21 @@ _PROMPT_ROWS = {side: rows[PROMPT] for side, rows in _CLASSES.items()}
 _CALL_ROWS = {side: rows[CALL] for side, rows in _CLASSES.items()}
 _TOOL_ROWS = {(error, side): rows["error" if error else "ok"]
               for side, rows in _CLASSES.items() for error in (False, True)}  # fmt: skip
-_ACTIVITY_ID = struct.Struct(">q").unpack  # = attribute.activity_id's int.from_bytes
 
 
 def attribute(batch: Batch) -> Batch:
-    """An API call is a model_request (once: on the line that ends its
-    stream). A prompt's loop_start and a tool result's tool_call are held by
-    their turn and tool rows (see project)."""
-    activity: list[tuple] = []
-    classes: dict[int, tuple] = {}
-    keep = activity.append
-    blake2b = hashlib.blake2b
-    unpack = _ACTIVITY_ID
-    for fact in batch.events:
-        if fact[0] != CALL or not fact[12]:
-            continue  # not an API call, or a partial line of a streamed response
-        session, ident, at = fact[1], fact[2], fact[3]
-        row = _CALL_ROWS[fact[11]]
-        class_id = row[0]
-        classes[class_id] = row
-        # activity_id(session, ident, CALL), inlined
-        raw = f"{session or ''}\x00{ident}\x00{CALL}".encode()
-        keep((unpack(blake2b(raw, digest_size=8).digest())[0], session, at, class_id, PROVIDER,
-              fact[4]))  # fmt: skip
-    return dataclasses.replace(
-        batch, activity=activity, activity_classes=list(classes.values()), thread_owners=[]
-    )
+    """Claude Code's analytics.v2 events are all held by the rows they
+    project to (see project): a prompt's loop_start by its turn, a tool
+    result's tool_call by its tool call, an API call's model_request by its
+    token row (once its stream's last line is read). No activity rows."""
+    return dataclasses.replace(batch, activity=[], activity_classes=[], thread_owners=[])
 
 
 # api_calls: (thread_id, turn_id = call key, recorded_at_ms, prompt, completion, total,
 #             cached, cache_creation, cache_creation_1h, provider, model, message_id,
-#             is_sidechain, prompt_id)
+#             is_sidechain, prompt_id, event_id, class_id); event_id: the call's
+# model_request, known once a line that ends its stream is read (the same id
+# on every copy: it hashes the key), class_id that of the copy's sidechain flag
 def call_rank(row: tuple) -> tuple:
     """The total order of a call's copies: a non-sidechain copy first, then the
     largest total (the final state of a stream), then the latest."""
@@ -123,7 +105,16 @@ def prompt_rank(row: tuple) -> tuple:
 def merge_call(a: tuple, b: tuple) -> tuple:
     best = b if call_rank(b) > call_rank(a) else a
     prompt = (b if prompt_rank(b) > prompt_rank(a) else a)[13]
-    return best if best[13] == prompt else (*best[:13], prompt)
+    # the event: of the copies with the kept row's sidechain flag, any that
+    # ended the stream (a sidechain copy may be dropped in the store, and
+    # what it knew must not depend on whether it was merged first)
+    if a[12] != b[12]:
+        event = (a if a[12] < b[12] else b)[14]
+    else:
+        event = a[14] if a[14] is not None else b[14]
+    if best[13] == prompt and best[14] == event:
+        return best
+    return (*best[:13], prompt, event, best[15])
 
 
 # tool_calls: (thread_id, turn_id = NO_TURN, tool_id, tool_name, started_at_ms,
@@ -151,10 +142,13 @@ def project(batch: Batch) -> Batch:
         kind = fact[0]
         if kind == CALL:
             (_, session, key, at, model, prompt, completion, cached, creation, creation_1h,
-             message_id, sidechain, _final, prompt_id) = fact  # fmt: skip
+             message_id, sidechain, final, prompt_id) = fact  # fmt: skip
+            cls = _CALL_ROWS[sidechain]
+            classes[cls[0]] = cls
             row = (
                 session, key, at, prompt, completion, prompt + completion, cached, creation,
                 creation_1h, PROVIDER, model, message_id, 1 if sidechain else 0, prompt_id,
+                activity_id(session, key, kind) if final else None, cls[0],
             )  # fmt: skip
             old = calls.get(key := (session, key))
             calls[key] = row if old is None else merge_call(old, row)

@@ -305,7 +305,7 @@ def _add(rows: Rows, record: Record) -> None:
              record.completion_tokens, record.total_tokens, record.cached_prompt_tokens,
              record.cache_creation_prompt_tokens, record.cache_creation_1h_prompt_tokens,
              record.provider, record.model, record.message_id, int(record.is_sidechain),
-             record.prompt_id)
+             record.prompt_id, None, None)
         )  # fmt: skip
 
 

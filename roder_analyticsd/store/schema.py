@@ -93,7 +93,10 @@ ACTIVITY_EVENTS_VIEW = """
     FROM turns WHERE start_event_id <> 0
     UNION ALL
     SELECT end_event_id, thread_id, completed_at_ms, end_class_id, NULL, NULL
-    FROM turns WHERE end_event_id <> 0;
+    FROM turns WHERE end_event_id <> 0
+    UNION ALL
+    SELECT event_id, thread_id, recorded_at_ms, class_id, provider, model
+    FROM token_usage WHERE event_id <> 0;
 """
 
 # The analytics.v2 fields of an event row `a` (of activity_events) with its
@@ -252,12 +255,15 @@ MIGRATION_8 = """
 """
 
 # 9: fewer rows per event. A tool call's completion, a turn's start and end
-# (a Claude Code prompt's too) are analytics.v2 events that were each a row
-# of `activity` beside the row that already holds their instant: half of
-# all activity rows. Their id and class now go with that instant on the
-# tool call's and the turn's row, and `activity_events` is the union. An id
-# of 0 marks an event stored before this migration: it stays a row of
-# `activity` (kept whatever replays come, so none is counted twice).
+# (a Claude Code prompt's too) and a Claude Code API call are analytics.v2
+# events that were each a row of `activity` beside the row that already
+# holds their instant: half of all activity rows of a Roder log, all of a
+# Claude Code log's. Their id and class now go with that instant on the
+# tool call's, the turn's or the token row, and `activity_events` is the
+# union. An id of 0 marks an event stored before this migration: it stays a
+# row of `activity` (kept whatever replays come, so none is counted twice).
+# Which API calls had one is found by their ids (`hold_call_events`, run
+# after this script): a call whose stream had not ended has none yet.
 # `forward_outbox` keeps the thread of an outbox row, which finds a tool
 # call's or turn's event by its primary key's prefix.
 MIGRATION_9 = (
@@ -270,6 +276,8 @@ MIGRATION_9 = (
     ALTER TABLE turns ADD COLUMN start_class_id INTEGER;
     ALTER TABLE turns ADD COLUMN end_event_id INTEGER;
     ALTER TABLE turns ADD COLUMN end_class_id INTEGER;
+    ALTER TABLE token_usage ADD COLUMN event_id INTEGER;  -- a Claude Code call's model_request
+    ALTER TABLE token_usage ADD COLUMN class_id INTEGER;
     UPDATE tool_calls SET event_id = 0 WHERE completed_at_ms IS NOT NULL;
     UPDATE turns SET start_event_id = CASE WHEN started_at_ms IS NOT NULL THEN 0 END,
                      end_event_id = CASE WHEN terminal_status IS NOT NULL THEN 0 END
@@ -506,9 +514,38 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         for version in range(found, SCHEMA_VERSION):
             for statement in _statements(MIGRATIONS[version]):
                 await conn.execute(statement)
+            if version + 1 == 9:
+                await hold_call_events(conn)
         if found < SCHEMA_VERSION:
             await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return found
+
+
+async def hold_call_events(conn: aiosqlite.Connection) -> int:
+    """Migration 9's step that SQL cannot take: the Claude Code API calls
+    whose model_request is a row of `activity` are marked 0 (it stays
+    there). Their event ids hash the row's key (pipeline/claude_code.py),
+    so only Python can tell which; the others get theirs when their stream
+    ends. Returns how many were marked."""
+    from roder_analyticsd.pipeline.attribute import activity_id
+    from roder_analyticsd.sources.claude_code import CALL
+
+    async with conn.execute("SELECT event_id FROM activity") as cur:
+        stored = {row[0] for row in await cur.fetchall()}
+    if not stored:
+        return 0
+    async with conn.execute(
+        "SELECT thread_id, turn_id FROM token_usage WHERE agent = 'claude-code'"
+    ) as cur:
+        keys = [
+            (thread_id, turn_id)
+            for thread_id, turn_id in await cur.fetchall()
+            if activity_id(thread_id, turn_id, CALL) in stored
+        ]
+    await conn.executemany(
+        "UPDATE token_usage SET event_id = 0 WHERE thread_id = ? AND turn_id = ?", keys
+    )
+    return len(keys)
 
 
 def _statements(script: str) -> list[str]:

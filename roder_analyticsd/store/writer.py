@@ -228,8 +228,10 @@ _CALL_COLUMNS = """
 INSERT INTO token_usage (thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,
                          total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,
                          cache_creation_1h_prompt_tokens, provider, model, message_id,
-                         is_sidechain, prompt_id, agent)"""
-_CALL_VALUES = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'claude-code'"
+                         is_sidechain, prompt_id, event_id, class_id, agent)"""
+_CALL_VALUES = (
+    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 'claude-code'"
+)
 # The best copy's columns (call_rank) and, on their own, the prompt (merge_prompt).
 # SQLite evaluates every SET expression against the stored row before any
 # is assigned, so `{better}` sees the old counts in each CASE.
@@ -246,14 +248,28 @@ _PROMPT_RANK = "(-{p}is_sidechain, {p}prompt_id IS NOT NULL, COALESCE({p}prompt_
 _PROMPT_BETTER = "({excluded} > {stored})".format(
     excluded=_PROMPT_RANK.format(p="excluded."), stored=_PROMPT_RANK.format(p="")
 )
+_EVENT_KNOWN = (
+    "(event_id IS NULL AND excluded.event_id IS NOT NULL AND excluded.is_sidechain = is_sidechain)"
+)
 _CALL_CONFLICT = (
     "\nON CONFLICT (thread_id, turn_id) DO UPDATE SET\n"
     + "".join(
         f"    {c} = CASE WHEN {_CALL_BETTER} THEN excluded.{c} ELSE {c} END,\n" for c in _CALL_SET
     )
-    + f"    prompt_id = CASE WHEN {_PROMPT_BETTER} THEN excluded.prompt_id ELSE prompt_id END\n"
-    # (a copy that is no better may still know the prompt)
-    + f"WHERE {_CALL_BETTER} OR {_PROMPT_BETTER}\n"
+    + f"    prompt_id = CASE WHEN {_PROMPT_BETTER} THEN excluded.prompt_id ELSE prompt_id END,\n"
+    # the class of the kept copy's flag (a row stored before migration 9 has none)
+    + f"    class_id = CASE WHEN {_CALL_BETTER} THEN excluded.class_id"
+    " WHEN class_id IS NULL AND excluded.is_sidechain = is_sidechain THEN excluded.class_id"
+    " ELSE class_id END,\n"
+    # the model_request: known once a copy with the kept sidechain flag ends
+    # the stream (claude_code.merge_call; 0: a row of `activity`, see
+    # store/schema.py migration 9)
+     + "    event_id = CASE WHEN event_id = 0 THEN 0"
+    " WHEN excluded.is_sidechain < is_sidechain THEN excluded.event_id"
+    " WHEN excluded.is_sidechain = is_sidechain THEN COALESCE(event_id, excluded.event_id)"
+    " ELSE event_id END\n"
+    # (a copy that is no better may still know the prompt, or end the stream)
+     + f"WHERE {_CALL_BETTER} OR {_PROMPT_BETTER} OR {_EVENT_KNOWN}\n"
 )
 UPSERT_API_CALL = f"{_CALL_COLUMNS}\nVALUES ({_CALL_VALUES}){_CALL_CONFLICT}"
 UPSERT_SIDECHAIN_CALL = f"""{_CALL_COLUMNS}
