@@ -5,7 +5,9 @@ is often only known from another file, or later. So this stage records two
 things: an activity row whose owner fields are set only where the mapping
 fixes them, and ownership facts about threads. The store resolves the
 owner at query time (see `store/schema.py`, view `activity_v2`), so counts
-are exact whatever order the files arrive in.
+are exact whatever order the files arrive in. The events of a tool call's
+completion and of a turn's start and end get no activity row: `project`
+keeps their id and class on the tool call's and the turn's row.
 """
 
 from __future__ import annotations
