@@ -81,7 +81,7 @@ ACTIVITY_V2_VIEW_V1 = """
 """
 
 # Every local analytics.v2 event: a row of `activity`, or held by the tool
-# call or turn row whose instant it is (migration 9).
+# call, turn or token row whose instant it is (migration 9).
 ACTIVITY_EVENTS_VIEW = """
     CREATE VIEW activity_events AS
     SELECT event_id, thread_id, occurred_at_ms, class_id, provider, model FROM activity
@@ -526,26 +526,31 @@ async def hold_call_events(conn: aiosqlite.Connection) -> int:
     whose model_request is a row of `activity` are marked 0 (it stays
     there). Their event ids hash the row's key (pipeline/claude_code.py),
     so only Python can tell which; the others get theirs when their stream
-    ends. Returns how many were marked."""
+    ends. The ids go through a temporary table, so memory stays bounded
+    whatever the store's size. Returns how many were marked."""
     from roder_analyticsd.pipeline.attribute import activity_id
     from roder_analyticsd.sources.claude_code import CALL
 
-    async with conn.execute("SELECT event_id FROM activity") as cur:
-        stored = {row[0] for row in await cur.fetchall()}
-    if not stored:
-        return 0
-    async with conn.execute(
-        "SELECT thread_id, turn_id FROM token_usage WHERE agent = 'claude-code'"
-    ) as cur:
-        keys = [
-            (thread_id, turn_id)
-            for thread_id, turn_id in await cur.fetchall()
-            if activity_id(thread_id, turn_id, CALL) in stored
-        ]
-    await conn.executemany(
-        "UPDATE token_usage SET event_id = 0 WHERE thread_id = ? AND turn_id = ?", keys
+    await conn.execute(
+        "CREATE TEMP TABLE call_events (event_id INTEGER PRIMARY KEY, thread_id TEXT, turn_id TEXT)"
     )
-    return len(keys)
+    try:
+        async with conn.execute(
+            "SELECT thread_id, turn_id FROM token_usage WHERE agent = 'claude-code'"
+        ) as cur:
+            while keys := await cur.fetchmany(10_000):
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO temp.call_events VALUES (?, ?, ?)",
+                    [(activity_id(t, u, CALL), t, u) for t, u in keys],
+                )
+        cur = await conn.execute(
+            "UPDATE token_usage SET event_id = 0 WHERE (thread_id, turn_id) IN ("
+            " SELECT c.thread_id, c.turn_id FROM activity a"
+            " JOIN temp.call_events c ON c.event_id = a.event_id)"
+        )
+        return cur.rowcount
+    finally:
+        await conn.execute("DROP TABLE temp.call_events")
 
 
 def _statements(script: str) -> list[str]:
