@@ -1,7 +1,8 @@
-"""Events held by the tool call and turn rows (migration 9, `activity_events`).
+"""Events held by the tool call, turn and token rows (migration 9, `activity_events`).
 
-A tool call's completion and a turn's start and end are analytics.v2
-events kept on the row that holds their instant. These tests check that
+A tool call's completion, a turn's start and end and a Claude Code API
+call are analytics.v2 events kept on the row that holds their instant.
+These tests check that
 this is the same set of events a row per event gave, through a migration
 from a store that kept them all in `activity`, and through any replay
 after it.
