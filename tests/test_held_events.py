@@ -2,10 +2,9 @@
 
 A tool call's completion, a turn's start and end and a Claude Code API
 call are analytics.v2 events kept on the row that holds their instant.
-These tests check that
-this is the same set of events a row per event gave, through a migration
-from a store that kept them all in `activity`, and through any replay
-after it.
+These tests check that this is the same set of events a row per event
+gave, through a migration from a store that kept them all in `activity`,
+and through any replay after it.
 """
 
 from __future__ import annotations
