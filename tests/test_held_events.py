@@ -58,8 +58,8 @@ def as_version_8(store: Path, old: Path) -> None:
 
 
 def test_a_tool_calls_and_a_turns_events_are_the_ones_a_row_per_event_gave(tmp_path):
-    """The held events of the sample have the ids and instants of their
-    source lines, and half of all events need no row of their own."""
+    """Tool calls and turns hold events of every held loop stage, and a
+    Roder completion's event id is its source line's."""
     data_dir = copy_sample(tmp_path / "roder-data")
     claude = copy_tree(tmp_path / "home")
     store = tmp_path / "usage.sqlite3"

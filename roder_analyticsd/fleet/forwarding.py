@@ -52,6 +52,7 @@ from roder_analyticsd.config import Settings
 from roder_analyticsd.fleet.forwarder import Forwarder
 from roder_analyticsd.fleet.local import events_for
 from roder_analyticsd.store.connection import ensure_installation_id, open_store
+from roder_analyticsd.store.schema import HELD_EVENTS
 from roder_analyticsd.store.transaction import transaction
 
 log = structlog.get_logger()
@@ -68,19 +69,13 @@ def _now_ms() -> int:
 
 TRIGGER = "activity_forward_outbox"  # its presence is "forwarding is on"
 _OUTBOX = "INSERT OR IGNORE INTO forward_outbox (occurred_at_ms, event_id, thread_id)"
-# a row's event: (instant, id column); an id of 0 is a row of `activity`
-_HELD_EVENTS = {
-    "tool_calls": [("completed_at_ms", "event_id")],
-    "turns": [("started_at_ms", "start_event_id"), ("completed_at_ms", "end_event_id")],
-    "token_usage": [("recorded_at_ms", "event_id")],
-}
 
 
 def _held_triggers(table: str) -> list[tuple[str, str]]:
     """(name, CREATE) of the triggers that put the events a row of `table`
     holds in the outbox: when inserted, and when an event's id or instant
     changes (an outbox row whose key no longer matches is consumed as gone)."""
-    events = _HELD_EVENTS[table]
+    events = [(held.occurred_at_ms, held.event_id) for held in HELD_EVENTS if held.table == table]
     on_insert = "".join(
         f"    {_OUTBOX} SELECT NEW.{at}, NEW.{ident}, NEW.thread_id WHERE NEW.{ident} <> 0;\n"
         for at, ident in events
@@ -112,10 +107,9 @@ _TRIGGERS = [
         f"CREATE TRIGGER IF NOT EXISTS {TRIGGER} AFTER INSERT ON activity\nBEGIN\n"
         f"    {_OUTBOX} VALUES (NEW.occurred_at_ms, NEW.event_id, NEW.thread_id);\nEND",
     ),
-    *_held_triggers("tool_calls"),
-    *_held_triggers("turns"),
-    *_held_triggers("token_usage"),
-]
+    *(trigger for table in dict.fromkeys(h.table for h in HELD_EVENTS)
+      for trigger in _held_triggers(table)),
+]  # fmt: skip
 
 
 async def _write(conn: aiosqlite.Connection, *statements: str) -> list[int]:

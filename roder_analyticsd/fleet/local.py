@@ -35,7 +35,7 @@ from roder_analyticsd.fleet.model import AnalyticsEvent
 from roder_analyticsd.fleet.redact import hash24, redact_event
 from roder_analyticsd.fleet.stores import sqlite as sqlite_store
 from roder_analyticsd.pipeline.attribute import event_id_hex
-from roder_analyticsd.store.schema import V2_COLUMNS, V2_JOINS
+from roder_analyticsd.store.schema import HELD_EVENTS, V2_COLUMNS, V2_JOINS
 from roder_analyticsd.timewindow import is_utc
 
 Source = Literal["local", "collected", "all"]
@@ -199,6 +199,17 @@ def to_event(
     )
 
 
+# an outbox key's event held by a row: found by the thread, its primary key's prefix
+_HELD_LOOKUPS = "".join(
+    f"""
+            UNION ALL
+            SELECT {held.columns("x")}
+            FROM k JOIN {held.table} x ON x.thread_id = k.thread
+            WHERE x.{held.event_id} = k.id AND x.{held.occurred_at_ms} = k.at"""
+    for held in HELD_EVENTS
+)
+
+
 async def events_for(
     conn: aiosqlite.Connection,
     outbox_keys: Sequence[tuple[int, int, str | None]],
@@ -217,22 +228,7 @@ async def events_for(
         a (event_id, thread_id, occurred_at_ms, class_id, provider, model) AS (
             SELECT a.event_id, a.thread_id, a.occurred_at_ms, a.class_id, a.provider, a.model
             FROM k JOIN activity a ON a.occurred_at_ms = k.at AND a.event_id = k.id
-            UNION ALL
-            SELECT c.event_id, c.thread_id, c.completed_at_ms, c.class_id, NULL, NULL
-            FROM k JOIN tool_calls c ON c.thread_id = k.thread
-            WHERE c.event_id = k.id AND c.completed_at_ms = k.at
-            UNION ALL
-            SELECT t.start_event_id, t.thread_id, t.started_at_ms, t.start_class_id, NULL, NULL
-            FROM k JOIN turns t ON t.thread_id = k.thread
-            WHERE t.start_event_id = k.id AND t.started_at_ms = k.at
-            UNION ALL
-            SELECT t.end_event_id, t.thread_id, t.completed_at_ms, t.end_class_id, NULL, NULL
-            FROM k JOIN turns t ON t.thread_id = k.thread
-            WHERE t.end_event_id = k.id AND t.completed_at_ms = k.at
-            UNION ALL
-            SELECT u.event_id, u.thread_id, u.recorded_at_ms, u.class_id, u.provider, u.model
-            FROM k JOIN token_usage u ON u.thread_id = k.thread
-            WHERE u.event_id = k.id AND u.recorded_at_ms = k.at)
+            {_HELD_LOOKUPS})
         SELECT {V2_COLUMNS} FROM a
         {V2_JOINS}
         WHERE NOT EXISTS (SELECT 1 FROM forward_acked k

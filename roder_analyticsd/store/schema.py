@@ -11,7 +11,7 @@ the facts they are derived from.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # queries import this module without an event loop
     import aiosqlite
@@ -80,24 +80,51 @@ ACTIVITY_V2_VIEW_V1 = """
     LEFT JOIN thread_attribution t ON t.thread_id = a.thread_id;
 """
 
+
+class HeldEvent(NamedTuple):
+    """Where a row holds an analytics.v2 event (migration 9): its id, instant
+    and class columns, and its provider/model (SQL: a column or NULL). An id
+    of 0 means the event is a row of `activity`."""
+
+    table: str
+    event_id: str
+    occurred_at_ms: str
+    class_id: str
+    provider: str = "NULL"
+    model: str = "NULL"
+
+    def columns(self, alias: str = "") -> str:
+        """The event's columns in `activity_events` order, read from `alias`."""
+        p = f"{alias}." if alias else ""
+        return ", ".join(
+            f"{p}{c}" if c != "NULL" else c
+            for c in (self.event_id, "thread_id", self.occurred_at_ms, self.class_id,
+                      self.provider, self.model)
+        )  # fmt: skip
+
+
+# The view, the forwarder's triggers and its pump read events from these
+# (and `activity`). Migration 9's view was made from this list: a change to
+# it needs a migration of its own.
+HELD_EVENTS = (
+    HeldEvent("tool_calls", "event_id", "completed_at_ms", "class_id"),
+    HeldEvent("turns", "start_event_id", "started_at_ms", "start_class_id"),
+    HeldEvent("turns", "end_event_id", "completed_at_ms", "end_class_id"),
+    HeldEvent("token_usage", "event_id", "recorded_at_ms", "class_id", "provider", "model"),
+)
+
 # Every local analytics.v2 event: a row of `activity`, or held by the tool
 # call, turn or token row whose instant it is (migration 9).
-ACTIVITY_EVENTS_VIEW = """
-    CREATE VIEW activity_events AS
-    SELECT event_id, thread_id, occurred_at_ms, class_id, provider, model FROM activity
-    UNION ALL
-    SELECT event_id, thread_id, completed_at_ms, class_id, NULL, NULL
-    FROM tool_calls WHERE event_id <> 0
-    UNION ALL
-    SELECT start_event_id, thread_id, started_at_ms, start_class_id, NULL, NULL
-    FROM turns WHERE start_event_id <> 0
-    UNION ALL
-    SELECT end_event_id, thread_id, completed_at_ms, end_class_id, NULL, NULL
-    FROM turns WHERE end_event_id <> 0
-    UNION ALL
-    SELECT event_id, thread_id, recorded_at_ms, class_id, provider, model
-    FROM token_usage WHERE event_id <> 0;
-"""
+ACTIVITY_EVENTS_VIEW = (
+    "\n    CREATE VIEW activity_events AS\n"
+    "    SELECT event_id, thread_id, occurred_at_ms, class_id, provider, model FROM activity\n"
+    + "".join(
+        f"    UNION ALL\n    SELECT {held.columns()}\n"
+        f"    FROM {held.table} WHERE {held.event_id} <> 0\n"
+        for held in HELD_EVENTS
+    ).rstrip()
+    + ";\n"
+)
 
 # The analytics.v2 fields of an event row `a` (of activity_events) with its
 # class `c` and its thread's attribution `t`.
