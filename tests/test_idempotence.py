@@ -6,6 +6,7 @@ then every line at least once, ends in the same tables as one clean pass.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from roder_analyticsd.pipeline.batch import Batch, Rows
 from roder_analyticsd.pipeline.chain import run_stages, stages
+from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.connection import open_store
 from roder_analyticsd.store.maintenance import all_days, refresh_rollups
 from roder_analyticsd.store.writer import write_rows
@@ -125,11 +127,28 @@ calls = st.builds(
 )  # fmt: skip
 
 
-async def _write_calls(store: Path, groups: list[list[tuple]]) -> list[tuple]:
+async def _write_calls(
+    store: Path, groups: list[list[tuple]], *, bulk: bool = False
+) -> list[tuple]:
+    """The stored calls after writing these groups, one write each. `bulk`:
+    as a first backfill writes them, its deferred indexes dropped before
+    and built after (the sidechain calls held back meanwhile)."""
     conn = await open_store(store)
     try:
-        for group in groups:
+        if bulk:
+            async with deferred_indexes.deferred(conn) as dropped:
+                assert dropped
+                for group in groups:
+                    await write_rows(conn, Rows(api_calls=group), [], "claude-code")
+                    # a reader never sees a sidechain copy before the rule is applied
+                    async with conn.execute(
+                        "SELECT count(*) FROM token_usage WHERE is_sidechain = 1"
+                    ) as cur:
+                        assert (await cur.fetchone())[0] == 0
+        for group in [] if bulk else groups:
             await write_rows(conn, Rows(api_calls=group), [], "claude-code")
+        async with conn.execute("SELECT count(*) FROM pending_sidechain_calls") as cur:
+            assert (await cur.fetchone())[0] == 0
         sql = (
             "SELECT thread_id, turn_id, recorded_at_ms, prompt_tokens, completion_tokens,"
             " total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,"
@@ -166,6 +185,8 @@ def test_calls_and_sidechain_copies_in_any_order_and_grouping(tmp_path_factory, 
     whole = anyio.run(_write_calls, tmp / "one.sqlite3", [ordered])
     groups = [[row for row, group in rows if group == n] for n in range(3)]
     assert anyio.run(_write_calls, tmp / "split.sqlite3", groups) == whole
+    bulk = functools.partial(_write_calls, bulk=True)
+    assert anyio.run(bulk, tmp / "bulk.sqlite3", groups) == whole
     held = {r[11] for r in whole if r[11] is not None and not r[12]}
     assert not [r for r in whole if r[12] and r[11] in held]
     # each kept row's prompt: of its key's copies with its sidechain flag, a

@@ -236,7 +236,7 @@ def test_migration_marks_every_token_day_for_its_first_refresh(tmp_path: Path) -
             await _write(conn, rows)
             await refresh_rollups(conn)
             await conn.execute("DROP TABLE token_rollups")
-            # and what migrations 7 to 9 added, so the store is a version-5 one
+            # and what migrations 7 to 10 added, so the store is a version-5 one
             for statement in (*UNDO_MIGRATION_9,
                               "DROP INDEX tool_calls_prompt", "DROP INDEX token_usage_sidechain",
                               "ALTER TABLE tool_calls DROP COLUMN prompt_id",

@@ -60,6 +60,7 @@ from roder_analyticsd.store.connection import (
     open_store,
 )
 from roder_analyticsd.store.maintenance import (
+    build_indexes_and_refresh_rollups,
     dirty_days,
     keep_price_entries,
     prune,
@@ -299,11 +300,15 @@ class Daemon:
         self._announce(len(events), len(claude))
         # the backlog is read as `--once` reads it (worker processes for a
         # big one, stopped after); a stop request is honoured between files
-        async with bulk_load(self.ingestor), deferred_indexes.deferred(self.ingestor.conn):
+        conn = self.ingestor.conn
+        async with bulk_load(self.ingestor), deferred_indexes.deferred(conn) as indexes_pending:
             while not self.stopping and not await self._ingest(
                 events, metadata, claude, report, stoppable=True
             ):
                 pass  # the store refused the write: retried after a backoff
+            if indexes_pending and not self.stopping:
+                # as `--once` does (on a failure the steps below do it all)
+                await self._guarded(self._build_indexes_and_rollups())
         if self.stopping:
             return
         while not self.stopping and not await self._retention():
@@ -516,6 +521,11 @@ class Daemon:
                 log.info("retention_applied", rows_pruned=pruned)
 
         return await self._guarded(work())
+
+    async def _build_indexes_and_rollups(self) -> None:
+        days = len(await dirty_days(self.conn))
+        rows = await build_indexes_and_refresh_rollups(self.conn, self.settings.store)
+        self.rollups_done = (self.rollups_done[0] + days, self.rollups_done[1] + rows)
 
     async def _refresh_rollups(self, *, budget: float | None = None) -> bool:
         """Bring the dirty days' rollups up to date. With a `budget` (seconds)

@@ -33,6 +33,7 @@ from roder_analyticsd.sources.roder import discover, read_metadata
 from roder_analyticsd.store import deferred_indexes
 from roder_analyticsd.store.maintenance import (
     FINAL_BEFORE_KEY,
+    build_indexes_and_refresh_rollups,
     missing_price_pairs,
     prune,
     refresh_rollups,
@@ -488,12 +489,15 @@ def _slices(pending: list[Pending], size: int) -> Iterator[tuple[list[Path], lis
         yield paths, keys
 
 
-async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report) -> None:
-    """After ingesting: apply retention, then refresh the touched days'
-    rollups, while a worker process makes the price entries of new models
-    (a process start and genai-prices' table: as long as the rollups of a
-    first backfill, on the other core)."""
-    report.rows_pruned += await prune(conn, settings.retention_days)
+async def finish(
+    conn: aiosqlite.Connection, settings: Settings, report: Report, *, indexes_pending: bool = False
+) -> None:
+    """After ingesting: the indexes a first backfill deferred built (when
+    `indexes_pending`) while a second connection computes the daily rollups;
+    retention applied; the touched days' rollups refreshed. Meanwhile a
+    worker process makes the price entries of new models (a process start
+    and genai-prices' table: as long as the rollups of a first backfill, on
+    the other core)."""
     from roder_analyticsd import pricing
 
     version = pricing.price_table_version()
@@ -502,6 +506,11 @@ async def finish(conn: aiosqlite.Connection, settings: Settings, report: Report)
         with suppress(WorkerDied):
             for worker in workers:
                 worker.send(pricing.price_entries, missing)
+        if indexes_pending:
+            report.rollup_rows_refreshed += await build_indexes_and_refresh_rollups(
+                conn, settings.store
+            )
+        report.rows_pruned += await prune(conn, settings.retention_days)
         # the days this run touched, and any left dirty by an interrupted run
         report.rollup_rows_refreshed += await refresh_rollups(conn)
         if workers and not conn.in_transaction:
@@ -540,10 +549,10 @@ async def run_once(
         if rebuild:
             await clear_analytics(conn)
         await ingestor.start()  # the checkpoints: none left after a clear
-        async with deferred_indexes.deferred(conn):
+        async with deferred_indexes.deferred(conn) as indexes_pending:
             await ingestor.ingest(events, metadata, report, progress)
             await ingest_claude_code(ingestor, claude_roots, report)
-        await finish(conn, settings, report)
+            await finish(conn, settings, report, indexes_pending=indexes_pending)
     return report
 
 

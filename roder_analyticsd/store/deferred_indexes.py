@@ -4,11 +4,13 @@ Their keys (a tool and a duration, an instant) put each new row on a
 random page of the index: once a store outgrows the page cache, every row
 costs a page read and a page written back. Into empty tables a backfill
 drops them, and building each after from the finished table is one sort.
-The message-id index stays: the Claude Code sidechain rule reads it during
-the load.
+The message-id index too (migration 10): the one rule that reads it during
+a load, of Claude Code's sidechain calls, is applied at the end instead. A
+load holds those calls back, and `build` first puts them through the rule
+(store/writer.py apply_pending_sidechains).
 
 The dropped indexes' definitions are kept in `meta` in the transaction
-that drops them, and removed in the one that builds them again; a store
+that drops them, and removed in the one that builds the last of them; a store
 opened for writing with that key still there (the process was killed
 mid-load) builds them then. What is built comes from our own schema, never
 from the stored text, so a damaged or foreign value can neither run SQL
@@ -38,6 +40,7 @@ DEFERRED = (
     "token_usage_at",
     "turns_started",
     "tool_calls_prompt",
+    "token_usage_message",
 )
 META_KEY = "deferred_indexes"  # a JSON list of the dropped CREATE statements (a record only)
 _EMPTY = """
@@ -84,25 +87,46 @@ async def drop_if_empty(conn: aiosqlite.Connection) -> bool:
 
 
 async def build(conn: aiosqlite.Connection) -> bool:
-    """Build the indexes a backfill dropped, if any are pending; True if it did."""
+    """Put the sidechain calls a backfill held back through their rule, and
+    build the indexes it dropped, if any are pending; True if it did."""
+    # (writer.py imports aiosqlite, which a `stats` run opens the store without)
+    from roder_analyticsd.store.writer import MESSAGE_INDEX
+
+    released = await release_held_calls(conn)
     async with transaction(conn):
-        row = await _one(conn, "SELECT value FROM meta WHERE key = ?", (META_KEY,))
-        if row is None:
-            return False
+        pending = await _one(conn, "SELECT value FROM meta WHERE key = ?", (META_KEY,))
+        if pending is None and await _one(
+            conn, "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (MESSAGE_INDEX,)
+        ):
+            return released
         for name in DEFERRED:
             # IF NOT EXISTS: one never dropped, or built by hand in between, is kept
-            await conn.execute(
-                definition(name).replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
-            )
+            await _create(conn, name)
         await conn.execute("DELETE FROM meta WHERE key = ?", (META_KEY,))
     return True
 
 
+async def release_held_calls(conn: aiosqlite.Connection) -> bool:
+    """The first step of `build`, in a transaction of its own: the Claude
+    Code sidechain calls a backfill held back put through their rule; True
+    if there were any. (After it, building the indexes changes no row:
+    store/maintenance.py reads the rows meanwhile.)"""
+    from roder_analyticsd.store.writer import apply_pending_sidechains
+
+    async with transaction(conn):
+        return await apply_pending_sidechains(conn)
+
+
+async def _create(conn: aiosqlite.Connection, name: str) -> None:
+    await conn.execute(definition(name).replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+
+
 @asynccontextmanager
-async def deferred(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+async def deferred(conn: aiosqlite.Connection) -> AsyncIterator[bool]:
     """Around a backfill: into empty tables, the deferred indexes are dropped
     before and built once after (also when the body fails; a kill, or a
-    store that refuses the build, leaves them to the next open)."""
+    store that refuses the build, leaves them to the next open). Yields
+    whether they were dropped; the body may `build` them itself."""
     # best effort both ways: a store that refuses the write now (locked by
     # another writer, a full disk) is loaded with its indexes, or gets them
     # back when next opened; the load's own writes report such errors
@@ -111,7 +135,7 @@ async def deferred(conn: aiosqlite.Connection) -> AsyncIterator[None]:
     except sqlite3.Error:
         dropped = False
     try:
-        yield
+        yield dropped
     finally:
         if dropped:
             import anyio

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # queries import this module without an event loop
     import aiosqlite
 
-from roder_analyticsd.store import token_rollups
+from roder_analyticsd.store import deferred_indexes, token_rollups
 from roder_analyticsd.store.schema import DAY_MS
 from roder_analyticsd.store.transaction import transaction
 
@@ -99,6 +103,7 @@ _MANY_DAYS_SQL = _ROLLUP_TEMPLATE.format(
 # indexes per day (each row found there costs a seek in its table).
 SCAN_FROM_DAYS = 8
 SCAN_CACHE_SIZE = -2048  # KiB (negative: a size, not pages)
+BESIDE_CACHE_SIZE = -512  # KiB: the same scan, beside the index build (see _daily_apart)
 
 
 def day_bounds(day: str) -> tuple[int, int]:
@@ -116,10 +121,16 @@ async def dirty_days(conn: aiosqlite.Connection) -> set[str]:
 
 
 async def _refresh_days(
-    conn: aiosqlite.Connection, days: Iterable[str], now: int, *, scan: bool | None = None
+    conn: aiosqlite.Connection,
+    days: Iterable[str],
+    now: int,
+    *,
+    scan: bool | None = None,
+    scan_cache: int = SCAN_CACHE_SIZE,
 ) -> int:
     """Replace these days' rollup rows; `scan` (default: for SCAN_FROM_DAYS
-    days or more) computes them all in one statement."""
+    days or more) computes them all in one statement, its page cache (and
+    so each sort's memory) `scan_cache`."""
     todo = sorted(set(days))
     if not todo:
         return 0
@@ -133,7 +144,7 @@ async def _refresh_days(
         # (it reads each table once, in order, so it needs no cache)
         async with conn.execute("PRAGMA cache_size") as cur:
             (cache,) = await cur.fetchone()
-        await conn.execute(f"PRAGMA cache_size = {SCAN_CACHE_SIZE}")
+        await conn.execute(f"PRAGMA cache_size = {scan_cache}")
         try:
             cur = await conn.execute(_MANY_DAYS_SQL, {"days": numbers, "now": now})
         finally:
@@ -159,6 +170,50 @@ def _day_number(day: str) -> int:
     return day_bounds(day)[0] // DAY_MS
 
 
+class RollupPlan(NamedTuple):
+    """What a rollup refresh recomputes."""
+
+    days: frozenset[str]  # every day whose token rollups are recomputed
+    open_days: frozenset[str]  # of those, the days whose daily rollups are not final
+    dirty: frozenset[str]  # the dirty days it clears
+    all_dirty: bool  # every dirty day is cleared (no `limit`)
+
+
+async def _plan(
+    conn: aiosqlite.Connection, days: Iterable[str], limit: int | None
+) -> RollupPlan | None:
+    dirty = await dirty_days(conn)
+    if limit is not None:
+        dirty = set(sorted(dirty)[:limit])
+    todo = set(days) | dirty
+    if not todo:
+        return None
+    final_before = await final_before_day(conn)
+    open_days = {day for day in todo if _day_number(day) >= final_before}
+    return RollupPlan(frozenset(todo), frozenset(open_days), frozenset(dirty), limit is None)
+
+
+async def _token_rollups(conn: aiosqlite.Connection, plan: RollupPlan) -> None:
+    # a cache of the raw rows, final days or not: recomputed from what is there
+    await token_rollups.refresh_days(conn, {_day_number(day) for day in plan.days})
+
+
+async def _refreshed(conn: aiosqlite.Connection, plan: RollupPlan, now: int) -> None:
+    """The plan's dirty days are clean, and when that happened."""
+    if plan.all_dirty:
+        await conn.execute("DELETE FROM rollup_dirty_days")
+    else:
+        await conn.executemany(
+            "DELETE FROM rollup_dirty_days WHERE day = ?",
+            [(_day_number(day),) for day in sorted(plan.dirty)],
+        )
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(now),),
+    )
+
+
 async def refresh_rollups(
     conn: aiosqlite.Connection, days: Iterable[str] = (), *, limit: int | None = None
 ) -> int:
@@ -169,30 +224,133 @@ async def refresh_rollups(
     responsive (the daemon's loop) refreshes a few days per transaction."""
     now = int(time.time() * 1000)
     async with transaction(conn):
-        dirty = await dirty_days(conn)
-        if limit is not None:
-            dirty = set(sorted(dirty)[:limit])
-        todo = set(days) | dirty
-        if not todo:
+        plan = await _plan(conn, days, limit)
+        if plan is None:
             return 0
-        final_before = await final_before_day(conn)
-        open_days = {day for day in todo if _day_number(day) >= final_before}
-        written = await _refresh_days(conn, open_days, now)
-        # a cache of the raw rows, final days or not: recomputed from what is there
-        await token_rollups.refresh_days(conn, {_day_number(day) for day in todo})
-        if limit is None:
-            await conn.execute("DELETE FROM rollup_dirty_days")
-        else:
-            await conn.executemany(
-                "DELETE FROM rollup_dirty_days WHERE day = ?",
-                [(_day_number(day),) for day in sorted(dirty)],
-            )
-        await conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('last_rollup_ms', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(now),),
-        )
+        written = await _refresh_days(conn, plan.open_days, now)
+        await _token_rollups(conn, plan)
+        await _refreshed(conn, plan, now)
     return written
+
+
+async def build_indexes_and_refresh_rollups(conn: aiosqlite.Connection, store: Path) -> int:
+    """`deferred_indexes.build(conn)`, then `refresh_rollups(conn)`, in less
+    time: the daily rollups are computed while the indexes are built."""
+    # the held calls change rows: first, so that the index build changes none
+    await deferred_indexes.release_held_calls(conn)
+    return await _refresh_rollups_beside(
+        conn, store, functools.partial(deferred_indexes.build, conn)
+    )
+
+
+async def _refresh_rollups_beside(
+    conn: aiosqlite.Connection, store: Path, work: Callable[[], Awaitable[object]]
+) -> int:
+    """`work()` on `conn`, then `refresh_rollups(conn)`: in less time, as
+    the daily rollups are computed during `work`.
+
+    After a first backfill the writer builds the indexes the load deferred,
+    and the daily rollups' scan of the tables needs none of them: a second
+    connection reads the committed rows meanwhile (on the other core: both
+    run in SQLite, outside the GIL). Then one transaction of `conn` writes
+    them (a few rows a day) and computes the token rollups (many rows:
+    passing them over would cost what it saves), as refresh_rollups would.
+    `work` must not change the rows, nor may another process meanwhile:
+    that transaction reads the store's data version and the plan again,
+    and if either differs, or the second connection fails, refresh_rollups
+    does it all after. Inside a caller's transaction (a rebuild: rows
+    another connection can't see yet) `work` runs first and then
+    refresh_rollups."""
+    import anyio
+
+    if conn.in_transaction:
+        await work()
+        return await refresh_rollups(conn)
+    now = int(time.time() * 1000)
+    plan = await _plan(conn, (), None)
+    if plan is None:
+        await work()
+        return 0
+    version = await _data_version(conn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work)
+        daily = await _daily_apart(store, plan, now)
+    written = None if daily is None else await _finish_beside(conn, daily, plan, version, now)
+    if written is None:
+        return await refresh_rollups(conn)
+    return written
+
+
+_DAILY_COLUMNS = (
+    "day, scope, key, turns, tool_calls, tool_errors, tool_duration_ms, prompt_tokens,"
+    " completion_tokens, total_tokens, cached_prompt_tokens, cache_creation_prompt_tokens,"
+    " refreshed_at_ms"
+)
+
+
+async def _daily_apart(store: Path, plan: RollupPlan, now: int) -> list[tuple] | None:
+    """The plan's daily rollup rows, computed by a connection of its own
+    (None: it failed). Its in-memory `daily_rollups` shadows the store's,
+    which it attaches read-only: the statements of refresh_rollups read the
+    store's raw rows and write there."""
+    import aiosqlite
+    import anyio
+
+    try:
+        reader = await aiosqlite.connect(":memory:", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        await reader.execute("ATTACH ? AS store", (f"{store.absolute().as_uri()}?mode=ro",))
+        await reader.execute(
+            f"CREATE TABLE daily_rollups AS SELECT {_DAILY_COLUMNS} FROM store.daily_rollups"
+            " WHERE 0"
+        )
+        await reader.execute("BEGIN")  # one snapshot of the store for every statement
+        # one scan whatever the days (the time indexes are being built), its
+        # sorts smaller than alone: they run beside the index build's
+        await reader.execute(f"PRAGMA store.cache_size = {BESIDE_CACHE_SIZE}")
+        await _refresh_days(reader, plan.open_days, now, scan=True, scan_cache=BESIDE_CACHE_SIZE)
+        async with reader.execute(f"SELECT {_DAILY_COLUMNS} FROM main.daily_rollups") as cur:
+            rows = list(await cur.fetchall())
+        await reader.execute("COMMIT")
+        return rows
+    except (sqlite3.Error, ValueError):  # (a path SQLite can't take as a URI, say)
+        return None
+    finally:
+        with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
+            await reader.close()
+
+
+async def _data_version(conn: aiosqlite.Connection) -> int:
+    """Changes when another connection commits to the store (SQLite's
+    data_version: not this connection's own commits, not a passive
+    checkpoint)."""
+    async with conn.execute("PRAGMA main.data_version") as cur:
+        return (await cur.fetchone())[0]
+
+
+async def _finish_beside(
+    conn: aiosqlite.Connection, daily: list[tuple], plan: RollupPlan, version: int, now: int
+) -> int | None:
+    """In one transaction: these daily rollup rows in place of the plan's
+    days' rows, the token rollups computed, the days clean. None, nothing
+    written: the rows may differ from those `daily` was computed from
+    (another process wrote since `version` was read: `--once` beside the
+    daemon, say; or the plan changed)."""
+    async with transaction(conn):
+        if await _data_version(conn) != version or await _plan(conn, (), None) != plan:
+            return None
+        await conn.executemany(
+            "DELETE FROM daily_rollups WHERE day = ?", [(day,) for day in sorted(plan.open_days)]
+        )
+        marks = ", ".join("?" for _ in _DAILY_COLUMNS.split(","))
+        await conn.executemany(
+            f"INSERT INTO daily_rollups ({_DAILY_COLUMNS}) VALUES ({marks})", daily
+        )
+        await _token_rollups(conn, plan)
+        await _refreshed(conn, plan, now)
+    return len(daily)
 
 
 async def all_days(conn: aiosqlite.Connection) -> set[str]:

@@ -272,11 +272,79 @@ _CALL_CONFLICT = (
      + f"WHERE {_CALL_BETTER} OR {_PROMPT_BETTER} OR {_EVENT_KNOWN}\n"
 )
 UPSERT_API_CALL = f"{_CALL_COLUMNS}\nVALUES ({_CALL_VALUES}){_CALL_CONFLICT}"
+
+
+def _no_call_of_its_own(message_id: str, thread_id: str, turn_id: str) -> str:
+    """A sidechain copy of a message that a non-sidechain row holds under
+    another key (read through the message-id index)."""
+    return f"""({message_id} IS NOT NULL AND EXISTS (
+    SELECT 1 FROM token_usage x WHERE x.message_id = {message_id} AND x.is_sidechain = 0
+                                  AND NOT (x.thread_id = {thread_id} AND x.turn_id = {turn_id})))"""
+
+
 UPSERT_SIDECHAIN_CALL = f"""{_CALL_COLUMNS}
 SELECT {_CALL_VALUES}
-WHERE NOT (?12 IS NOT NULL AND EXISTS (
-    SELECT 1 FROM token_usage x WHERE x.message_id = ?12 AND x.is_sidechain = 0
-                                  AND NOT (x.thread_id = ?1 AND x.turn_id = ?2))){_CALL_CONFLICT}"""
+WHERE NOT {_no_call_of_its_own("?12", "?1", "?2")}{_CALL_CONFLICT}"""
+
+# While a bulk load has the message-id index deferred (store/deferred_indexes.py),
+# sidechain calls wait in pending_sidechain_calls (schema.py migration 10), its
+# columns in the order of an API call's row, and go through the rule at the
+# load's end.
+MESSAGE_INDEX = "token_usage_message"
+_PENDING_COLUMNS = (
+    "thread_id", "turn_id", "recorded_at_ms", "prompt_tokens", "completion_tokens",
+    "total_tokens", "cached_prompt_tokens", "cache_creation_prompt_tokens",
+    "cache_creation_1h_prompt_tokens", "provider", "model", "message_id", "is_sidechain",
+    "prompt_id", "event_id", "class_id",
+)  # fmt: skip
+HOLD_SIDECHAIN_CALL = (
+    f"INSERT INTO pending_sidechain_calls ({', '.join(_PENDING_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _PENDING_COLUMNS)})"
+)
+_PENDING_VALUES = ", ".join(f"p.{column}" for column in _PENDING_COLUMNS) + ", 'claude-code'"
+# The rule, for the held calls at once: one scan of the token rows, each
+# non-sidechain call's message id looked up among the held ones (the
+# message-id index is not needed, so it is built beside the others).
+_DROP_HELD_COPIES = """
+DELETE FROM pending_sidechain_calls WHERE rowid IN (
+    SELECT p.rowid FROM token_usage x CROSS JOIN pending_sidechain_calls p
+    WHERE x.message_id IS NOT NULL AND x.is_sidechain = 0 AND p.message_id = x.message_id
+      AND NOT (x.thread_id = p.thread_id AND x.turn_id = p.turn_id))
+"""
+# the others as UPSERT_SIDECHAIN_CALL would write them (`WHERE true`: an
+# upsert's SELECT needs a WHERE)
+APPLY_HELD_CALLS = f"""{_CALL_COLUMNS}
+SELECT {_PENDING_VALUES} FROM pending_sidechain_calls p WHERE true{_CALL_CONFLICT}"""
+# their days: the rollups of those days may have been refreshed meanwhile
+# (floor division, as the writer's `ms // DAY_MS`, for instants before 1970 too)
+_PENDING_DAYS = f"""
+INSERT OR IGNORE INTO rollup_dirty_days (day)
+SELECT DISTINCT recorded_at_ms / {DAY_MS} - (recorded_at_ms < 0 AND recorded_at_ms % {DAY_MS} != 0)
+FROM pending_sidechain_calls
+"""
+
+
+async def apply_pending_sidechains(conn: aiosqlite.Connection) -> bool:
+    """The sidechain calls a bulk load held back, through the sidechain rule
+    (inside the caller's transaction); True if there were any."""
+    async with conn.execute("SELECT EXISTS (SELECT 1 FROM pending_sidechain_calls)") as cur:
+        if not (await cur.fetchone())[0]:
+            return False
+    await conn.execute(_PENDING_DAYS)
+    await conn.execute(_DROP_HELD_COPIES)
+    await conn.execute(APPLY_HELD_CALLS)
+    await conn.execute("DELETE FROM pending_sidechain_calls")
+    return True
+
+
+async def _message_index_deferred(conn: aiosqlite.Connection) -> bool:
+    async with conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?)",
+        (MESSAGE_INDEX,),
+    ) as cur:
+        return bool((await cur.fetchone())[0])
+
+
 # stored sidechain rows of these message ids (a JSON array of them)
 _SIDECHAIN_ROWS = """
 SELECT u.message_id, u.thread_id, u.turn_id, u.recorded_at_ms FROM json_each(?) k
@@ -344,13 +412,15 @@ async def write_rows(
         copies = await _sidechain_copies(conn, [r for r in calls if r[11] is not None])
         days.update(at // DAY_MS for _, _, at in copies)
         statements = _STATEMENTS.get(agent) or _statements(agent)
+        # (during a first backfill: held back, and put through the rule at its end)
+        hold = bool(sidechain_calls) and await _message_index_deferred(conn)
         for sql, params in (
             (statements[0], rows.sessions),
             (statements[1], rows.turns),
             (statements[2], rows.tool_calls),
             (UPSERT_TOKEN_USAGE, rows.token_usage),
             (UPSERT_API_CALL, calls),
-            (UPSERT_SIDECHAIN_CALL, sidechain_calls),
+            (HOLD_SIDECHAIN_CALL if hold else UPSERT_SIDECHAIN_CALL, sidechain_calls),
             (DELETE_SIDECHAIN_COPY, [copy[:2] for copy in copies]),
             (INSERT_ACTIVITY_CLASS, list(dict.fromkeys(rows.activity_classes))),
             (INSERT_ACTIVITY, rows.activity),
