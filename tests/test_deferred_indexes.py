@@ -300,3 +300,26 @@ def test_the_rollups_beside_the_build_are_those_of_the_rows_at_its_end(
     assert _day_total(path) == ([(13,)] if other_writer else [(3,)], [])
     assert fallbacks == ([1] if other_writer else [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite3"]
+
+
+def test_a_build_that_fails_beside_the_rollups_raises_its_own_error(tmp_path: Path) -> None:
+    """A store error of the index build (a full disk, say) reaches the caller
+    as itself, for its one-line message, not wrapped in an exception group;
+    the rollups stay dirty."""
+    path = tmp_path / "store.sqlite3"
+
+    async def work() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def run() -> None:
+        conn = await open_store(path)
+        try:
+            token = ("t1", "u1", DAY * 86_400_000 + 1, 1, 2, 3, 0, 0)
+            await write_rows(conn, Rows(token_usage=[token]), [])
+            with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+                await maintenance._refresh_rollups_beside(conn, path, work)
+        finally:
+            await conn.close()
+
+    anyio.run(run)
+    assert _day_total(path) == ([], [(DAY,)])

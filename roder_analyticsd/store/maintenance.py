@@ -272,9 +272,14 @@ async def _refresh_rollups_beside(
         await work()
         return 0
     version = await _data_version(conn)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(work)
-        daily = await _daily_apart(store, plan, now)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work)
+            daily = await _daily_apart(store, plan, now)  # (its own failure: None)
+    except BaseExceptionGroup as group:  # work's own error, not a group of one
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     written = None if daily is None else await _finish_beside(conn, daily, plan, version, now)
     if written is None:
         return await refresh_rollups(conn)
