@@ -176,9 +176,9 @@ def _rollups(path: Path) -> dict[str, list[tuple]]:
 def test_a_first_backfill_ends_as_a_rebuild_of_it(tmp_path: Path) -> None:
     """`--once` into a new store builds its indexes while a second connection
     computes the daily rollups, and holds Claude Code's sidechain calls back
-    until the message-id index is there; a `--rebuild` (one transaction, no
-    second connection) does each step in turn. Same rows, same rollups,
-    nothing left over."""
+    until the load's end; a `--rebuild` (one transaction, so no second
+    connection) does each step in turn. Same rows, same rollups, nothing
+    left over."""
     store = tmp_path / "store.sqlite3"
     args = ("--once", "--best-effort", "--json", "--data-dir", SAMPLE_DIR, "--store", store,
             "--claude-dir", CLAUDE_ROOT)  # fmt: skip
