@@ -503,13 +503,20 @@ async def finish(
     version = pricing.price_table_version()
     kept, missing = await missing_price_pairs(conn, version)
     async with WorkerPool(1 if missing else 0) as workers:
-        with suppress(WorkerDied):
-            for worker in workers:
-                worker.send(pricing.price_entries, missing)
+
+        def make_prices() -> None:
+            with suppress(WorkerDied):
+                for worker in workers:
+                    worker.send(pricing.price_entries, missing)
+
         if indexes_pending:
+            # (the table once the second connection's sorts are done: beside
+            # them and the index build's, the three made the run's peak memory)
             report.rollup_rows_refreshed += await build_indexes_and_refresh_rollups(
-                conn, settings.store
+                conn, settings.store, after_read=make_prices
             )
+        else:
+            make_prices()
         report.rows_pruned += await prune(conn, settings.retention_days)
         # the days this run touched, and any left dirty by an interrupted run
         report.rollup_rows_refreshed += await refresh_rollups(conn)

@@ -233,18 +233,25 @@ async def refresh_rollups(
     return written
 
 
-async def build_indexes_and_refresh_rollups(conn: aiosqlite.Connection, store: Path) -> int:
+async def build_indexes_and_refresh_rollups(
+    conn: aiosqlite.Connection, store: Path, *, after_read: Callable[[], object] = lambda: None
+) -> int:
     """`deferred_indexes.build(conn)`, then `refresh_rollups(conn)`, in less
-    time: the daily rollups are computed while the indexes are built."""
+    time: the daily rollups are computed while the indexes are built.
+    `after_read()` is called once they are (their connection closed, the
+    build maybe still running): what else needs memory can start then."""
     # the held calls change rows: first, so that the index build changes none
     await deferred_indexes.release_held_calls(conn)
     return await _refresh_rollups_beside(
-        conn, store, functools.partial(deferred_indexes.build, conn)
+        conn, store, functools.partial(deferred_indexes.build, conn), after_read
     )
 
 
 async def _refresh_rollups_beside(
-    conn: aiosqlite.Connection, store: Path, work: Callable[[], Awaitable[object]]
+    conn: aiosqlite.Connection,
+    store: Path,
+    work: Callable[[], Awaitable[object]],
+    after_read: Callable[[], object] = lambda: None,
 ) -> int:
     """`work()` on `conn`, then `refresh_rollups(conn)`: in less time, as
     the daily rollups are computed during `work`.
@@ -264,11 +271,13 @@ async def _refresh_rollups_beside(
     import anyio
 
     if conn.in_transaction:
+        after_read()
         await work()
         return await refresh_rollups(conn)
     now = int(time.time() * 1000)
     plan = await _plan(conn, (), None)
     if plan is None:
+        after_read()
         await work()
         return 0
     version = await _data_version(conn)
@@ -276,6 +285,7 @@ async def _refresh_rollups_beside(
         async with anyio.create_task_group() as tg:
             tg.start_soon(work)
             daily = await _daily_apart(store, plan, now)  # (its own failure: None)
+            after_read()
     except BaseExceptionGroup as group:  # work's own error, not a group of one
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
