@@ -496,8 +496,7 @@ async def finish(
     `indexes_pending`) while a second connection computes the daily rollups;
     retention applied; the touched days' rollups refreshed. Meanwhile a
     worker process makes the price entries of new models (a process start
-    and genai-prices' table: as long as the rollups of a first backfill, on
-    the other core)."""
+    and genai-prices' table, on the other core)."""
     from roder_analyticsd import pricing
 
     version = pricing.price_table_version()

@@ -34,13 +34,14 @@ from roder_analyticsd.store.transaction import transaction
 if TYPE_CHECKING:
     import aiosqlite
 
+MESSAGE_INDEX = "token_usage_message"  # the Claude Code sidechain rule's (store/writer.py)
 DEFERRED = (
     "tool_calls_stats",
     "tool_calls_at",
     "token_usage_at",
     "turns_started",
     "tool_calls_prompt",
-    "token_usage_message",
+    MESSAGE_INDEX,
 )
 META_KEY = "deferred_indexes"  # a JSON list of the dropped CREATE statements (a record only)
 _EMPTY = """
@@ -88,12 +89,12 @@ async def drop_if_empty(conn: aiosqlite.Connection) -> bool:
 
 async def build(conn: aiosqlite.Connection) -> bool:
     """Put the sidechain calls a backfill held back through their rule, and
-    build the indexes it dropped, if any are pending; True if it did."""
-    # (writer.py imports aiosqlite, which a `stats` run opens the store without)
-    from roder_analyticsd.store.writer import MESSAGE_INDEX
+    build the indexes it dropped, if any are pending (one transaction: a
+    store opened for writing runs this every time); True if it did."""
+    from roder_analyticsd.store.writer import apply_pending_sidechains  # see release_held_calls
 
-    released = await release_held_calls(conn)
     async with transaction(conn):
+        released = await apply_pending_sidechains(conn)
         pending = await _one(conn, "SELECT value FROM meta WHERE key = ?", (META_KEY,))
         if pending is None and await _one(
             conn, "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (MESSAGE_INDEX,)
@@ -107,10 +108,11 @@ async def build(conn: aiosqlite.Connection) -> bool:
 
 
 async def release_held_calls(conn: aiosqlite.Connection) -> bool:
-    """The first step of `build`, in a transaction of its own: the Claude
-    Code sidechain calls a backfill held back put through their rule; True
-    if there were any. (After it, building the indexes changes no row:
-    store/maintenance.py reads the rows meanwhile.)"""
+    """`build`'s first step on its own, committed: the Claude Code sidechain
+    calls a backfill held back put through their rule; True if there were
+    any. After it, building the indexes changes no row (store/maintenance.py
+    reads the rows meanwhile)."""
+    # (writer.py imports aiosqlite, which a `stats` run opens the store without)
     from roder_analyticsd.store.writer import apply_pending_sidechains
 
     async with transaction(conn):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # queries import this module without an event loop
     import aiosqlite
 
 from roder_analyticsd.store import deferred_indexes, token_rollups
-from roder_analyticsd.store.schema import DAY_MS
+from roder_analyticsd.store.schema import DAY_MS, day_number_sql
 from roder_analyticsd.store.transaction import transaction
 
 # meta key: the UTC day number before which daily rollups are final
@@ -68,12 +68,6 @@ HAVING sum(turns) + sum(calls) + coalesce(sum(t), 0) > 0
 _CALL_AT = "coalesce(started_at_ms, completed_at_ms)"  # = tool_calls.at_ms
 
 
-def _floor_day(ms: str) -> str:
-    # integer division truncates toward zero: one day less for an instant
-    # before 1970 that is not on a day's start (the writer's `ms // DAY_MS`)
-    return f"({ms} / {DAY_MS} - ({ms} < 0 AND {ms} % {DAY_MS} != 0))"
-
-
 # a token row's provider and model are its own, else its turn's (sought
 # only for a row without: Claude Code's rows have both)
 _TOKEN_ROW = {
@@ -94,8 +88,8 @@ _MANY_DAYS_SQL = _ROLLUP_TEMPLATE.format(
     day_out=f"strftime('%Y-%m-%d', d * {DAY_MS // 1000}, 'unixepoch')", scan="NOT INDEXED",
     chosen="d IN (SELECT value FROM json_each(:days))",
     # tool_calls.at_ms spelled out: a generated column costs more to read
-    turn_day=_floor_day("started_at_ms"), call_day=_floor_day(_CALL_AT),
-    usage_day=_floor_day("recorded_at_ms"), u_usage_day=_floor_day("u.recorded_at_ms"),
+    turn_day=day_number_sql("started_at_ms"), call_day=day_number_sql(_CALL_AT),
+    usage_day=day_number_sql("recorded_at_ms"), u_usage_day=day_number_sql("u.recorded_at_ms"),
     turn_rows="started_at_ms IS NOT NULL", call_rows=f"{_CALL_AT} IS NOT NULL", usage_rows="1",
     u_usage_rows="1",
 )  # fmt: skip

@@ -350,6 +350,13 @@ MIGRATION_10 = """
 AGENTS = ("roder", "claude-code")
 
 
+def day_number_sql(ms: str) -> str:
+    """SQL for the UTC day number of the instant `ms` (an expression), as
+    Python's `ms // DAY_MS`: SQLite's integer division truncates toward
+    zero, one day late for an instant before 1970 not on a day's start."""
+    return f"({ms} / {DAY_MS} - ({ms} < 0 AND {ms} % {DAY_MS} != 0))"
+
+
 MIGRATIONS: list[str] = [
     # 1: the analytics tables, checkpoints, attribution, rollups
     """

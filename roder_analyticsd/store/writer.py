@@ -17,7 +17,8 @@ from operator import itemgetter
 import aiosqlite
 
 from roder_analyticsd.pipeline.batch import Checkpoint, Rows
-from roder_analyticsd.store.schema import AGENTS, DAY_MS
+from roder_analyticsd.store.deferred_indexes import MESSAGE_INDEX
+from roder_analyticsd.store.schema import AGENTS, DAY_MS, day_number_sql
 from roder_analyticsd.store.transaction import transaction
 
 
@@ -290,7 +291,6 @@ WHERE NOT {_no_call_of_its_own("?12", "?1", "?2")}{_CALL_CONFLICT}"""
 # sidechain calls wait in pending_sidechain_calls (schema.py migration 10), its
 # columns in the order of an API call's row, and go through the rule at the
 # load's end.
-MESSAGE_INDEX = "token_usage_message"
 _PENDING_COLUMNS = (
     "thread_id", "turn_id", "recorded_at_ms", "prompt_tokens", "completion_tokens",
     "total_tokens", "cached_prompt_tokens", "cache_creation_prompt_tokens",
@@ -316,11 +316,9 @@ DELETE FROM pending_sidechain_calls WHERE rowid IN (
 APPLY_HELD_CALLS = f"""{_CALL_COLUMNS}
 SELECT {_PENDING_VALUES} FROM pending_sidechain_calls p WHERE true{_CALL_CONFLICT}"""
 # their days: the rollups of those days may have been refreshed meanwhile
-# (floor division, as the writer's `ms // DAY_MS`, for instants before 1970 too)
 _PENDING_DAYS = f"""
 INSERT OR IGNORE INTO rollup_dirty_days (day)
-SELECT DISTINCT recorded_at_ms / {DAY_MS} - (recorded_at_ms < 0 AND recorded_at_ms % {DAY_MS} != 0)
-FROM pending_sidechain_calls
+SELECT DISTINCT {day_number_sql("recorded_at_ms")} FROM pending_sidechain_calls
 """
 
 
