@@ -54,7 +54,7 @@ def rss_mb(ru_maxrss: int) -> float:
 # - cpu: user + system seconds of the child and of the children it reaped.
 # - watch: the peak size of one file (a store's WAL), sampled with the PSS.
 MEASURE = """
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, threading, time
 
 def children(pid):
     try:
@@ -91,18 +91,30 @@ def watched():
     except OSError:
         return 0
 sample = os.path.exists("/proc/self/smaps_rollup")
+done = threading.Event()
+
+def sampler(pid):
+    global peak, peak_watch
+    while not done.is_set():
+        peak = max(peak, tree_kb(pid))
+        if watch:
+            peak_watch = max(peak_watch, watched())
+        done.wait(0.05)
+
 with open(out, "wb") as o, open(err, "wb") as e:
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=o, stderr=e)
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if sample else 0)
-        if pid:
-            break
-        peak = max(peak, tree_kb(proc.pid))
-        if watch:
-            peak_watch = max(peak_watch, watched())
-        time.sleep(0.05)
+    # the samples are taken by a thread, so that the wait below returns the
+    # moment the child exits: waking every 50 ms to poll rounded each wall
+    # time up to the next tick (a 100 ms query read as up to 150 ms)
+    thread = threading.Thread(target=sampler, args=(proc.pid,), daemon=True)
+    if sample:
+        thread.start()
+    pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
+    done.set()
+    if sample:
+        thread.join()
 print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds,
                   "maxrss": usage.ru_maxrss, "tree_kb": peak if sample else None,
                   "cpu": usage.ru_utime + usage.ru_stime,
