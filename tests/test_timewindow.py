@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo
@@ -192,6 +194,29 @@ def test_table_route_hour_cache_stays_bounded() -> None:
         stamp = (start + timedelta(hours=n, minutes=n)).strftime("%Y-%m-%dT%H:%M:%S.123Z")
         assert rfc3339_to_ms(stamp) == reference_ms(stamp)
     assert 0 < len(timewindow._HOUR_MS) <= timewindow._HOURS_CACHED
+
+
+def test_tables_are_filled_at_the_first_read_not_at_import() -> None:
+    # a fresh interpreter: here the tables were filled by earlier tests
+    script = """
+import sys
+from roder_analyticsd import timewindow as tw
+assert not (tw._CLOCK_MS or tw._MILLIS or tw._OFFSET_MS or tw._HOUR_OF_DAY_MS), "filled at import"
+for text in sys.argv[1:]:
+    print(tw.rfc3339_to_ms(text))
+assert len(tw._CLOCK_MS) == 3600 and len(tw._OFFSET_MS) == 2881
+"""
+    stamps = [
+        "2026-10-20T01:40:58.123+05:30",  # the very first read: an offset, milliseconds
+        "2026-10-20T01:40:58.123456789Z",
+        "2026-10-20T01:40:58Z",
+        "2026-10-20T23:59:59.999-09:30",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *stamps], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert [int(v) for v in done.stdout.split()] == [reference_ms(t) for t in stamps]
 
 
 @pytest.mark.parametrize(
