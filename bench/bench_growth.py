@@ -16,6 +16,7 @@ the fixed part weighs on the per-event figure. So the bench also prints:
   extra events cost: flat when the cost grows linearly);
 - a least-squares line CPU = fixed + rate x events over every run, with the
   largest deviation of a size's median from it;
+- whether each size's last store MATCHes bench/reference.py (exit 1 if not);
 - the start-up alone: `--once` over an empty data dir (its interpreter,
   imports and schema; no worker starts and no price table, which a real
   backlog adds to the fixed part).
@@ -62,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="roder-bench-growth-") as tmp:
         work = Path(tmp)
         root = args.keep.resolve() if args.keep else work / "corpora"
-        corpora = {}
+        corpora, references = {}, {}
         for size in sizes:
             corpus = root / f"C{size}"
-            bench_backfill.prepare_corpus(corpus, size, args.seed)
+            references[size] = bench_backfill.prepare_corpus(corpus, size, args.seed)["reference"]
             corpora[size] = corpus
         base = common.cli_command()
         ours: dict[int, list[float]] = {s: [] for s in sizes}
         floor: dict[int, list[float]] = {s: [] for s in sizes}
         events: dict[int, int] = {}
+        verdicts: dict[int, list[str]] = {}
         store = work / "usage.sqlite3"
         for n in range(args.rounds):
             order = sizes[n % len(sizes) :] + sizes[: n % len(sizes)]
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 events[size] = result["events"]
                 ours[size].append(run.cpu_seconds)
                 floor[size].append(floor_run.cpu_seconds)
+                if n == args.rounds - 1:  # each size's last store, against the reference
+                    verdicts[size] = bench_backfill.check_results(
+                        base, store, corpus, references[size]
+                    )
                 print(
                     f"  round {n + 1}, {size:,}: backfill {run.cpu_seconds:.2f} CPU-s,"
                     f" floor {floor_run.cpu_seconds:.2f} CPU-s",
@@ -131,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         f"start-up alone (--once over an empty data dir: no workers, no price table):"
         f" {fixed:.2f} CPU-s"
     )
-    return 0
+    for s in sizes:
+        print(f"reference, {events[s]:,} events: {'MISMATCH' if verdicts[s] else 'MATCH'}")
+        for line in verdicts[s]:
+            print(f"  {line}")
+    return 1 if any(verdicts.values()) else 0
 
 
 if __name__ == "__main__":
