@@ -14,6 +14,8 @@ imports, the schema, the price table) plus a part per event; at small sizes
 the fixed part weighs on the per-event figure. So the bench also prints:
 - the marginal CPU-s per 1M events between consecutive sizes (the CPU the
   extra events cost: flat when the cost grows linearly);
+- the same marginal CPU divided by the floor's, round by round (the
+  machine's drift between rounds cancels out), median over the rounds;
 - a least-squares line CPU = fixed + rate x events over every run, with the
   largest deviation of a size's median from it;
 - whether each size's last store MATCHes bench/reference.py (exit 1 if not);
@@ -125,6 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     if len(marginal) > 1:
         rates = [r for _, _, r in marginal]
         print(f"marginal: largest / smallest - 1 = {max(rates) / min(rates) - 1:.1%}")
+    # The same against the floor, round by round: a round runs every size
+    # within minutes, so the machine's drift between rounds (this CPU time
+    # moves by a quarter from run to run on a shared machine) cancels out.
+    against_floor = []
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        per_round = [
+            (ours[b][n] - ours[a][n]) / (floor[b][n] - floor[a][n]) for n in range(args.rounds)
+        ]
+        against_floor.append(statistics.median(per_round))
+        rounds = ", ".join(f"{r:.2f}" for r in per_round)
+        print(
+            f"marginal CPU vs the floor's marginal CPU, {a:,} -> {b:,}:"
+            f" {against_floor[-1]:.2f}x (rounds {rounds})"
+        )
+    if len(against_floor) > 1:
+        spread = max(against_floor) / min(against_floor) - 1
+        print(f"marginal vs floor: largest / smallest - 1 = {spread:.1%}")
     xs = [events[s] for s in sizes for _ in ours[s]]
     ys = [c for s in sizes for c in ours[s]]
     slope, intercept = statistics.linear_regression(xs, ys)
